@@ -1,0 +1,162 @@
+"""Build a small, deterministic sample dataset in the challenge format.
+
+The corpus is the docstrings of the Python standard library's own source files,
+read with `ast` (nothing is imported), so every machine has it and the same
+Python version always yields byte-identical output. Every 10th document goes to
+validation. A SentencePiece BPE tokenizer is trained on the train documents,
+and each document is written as [BOS=1] + its tokens.
+
+Layout written to OUT (default: <repo>/data/sample):
+    sample_{V}_bpe.model        SentencePiece model (<pad>=0, <s>=1, </s>=2, <unk>=3)
+    fineweb_train_000000.bin    train tokens, first half (split at a document start)
+    fineweb_train_000001.bin    train tokens, second half
+    fineweb_val_000000.bin      validation tokens
+Each .bin is 256 little-endian int32 (magic 20240520, version 1, token count N,
+then zeros) followed by N little-endian uint16 tokens.
+
+Usage: python data/make_sample.py [--out DIR] [--vocab-size V] [--max-chars N] [--force]
+"""
+
+import argparse
+import ast
+import io
+import os
+import re
+import sys
+import sysconfig
+import warnings
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from train_gpt import atomic_write, write_shard  # noqa: E402  (the one shard format of the project)
+
+DEFAULT_OUT = REPO / "data" / "sample"
+SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
+DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+MIN_DOC_CHARS = 200
+VAL_EVERY = 10
+BOS = 1
+
+
+class SampleError(Exception):
+    """An expected failure, reported as one line without a traceback."""
+
+
+def output_names(vocab_size):
+    return [f"sample_{vocab_size}_bpe.model", "fineweb_train_000000.bin",
+            "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+
+
+def _source_files(root):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                yield Path(dirpath, name)
+
+
+def _docstrings(path):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. invalid escape sequences
+            tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, DOC_NODES):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                yield doc
+
+
+def _normalise(text):
+    """Collapse whitespace inside paragraphs; keep paragraphs apart with one blank line."""
+    paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return "\n\n".join(p for p in paragraphs if p)
+
+
+def collect_documents(max_chars=3_000_000):
+    """Unique stdlib docstrings of >= MIN_DOC_CHARS, in sorted file order, up to max_chars in total."""
+    docs, seen, total = [], set(), 0
+    for path in _source_files(sysconfig.get_paths()["stdlib"]):
+        for raw in _docstrings(path):
+            doc = _normalise(raw)
+            if len(doc) < MIN_DOC_CHARS or doc in seen:
+                continue
+            if total + len(doc) > max_chars:
+                return docs
+            docs.append(doc)
+            seen.add(doc)
+            total += len(doc)
+    return docs
+
+
+def _train_tokenizer(docs, vocab_size):
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs), model_writer=model,
+        model_type="bpe", vocab_size=vocab_size,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+        byte_fallback=True, character_coverage=1.0, num_threads=2,
+        input_sentence_size=0, shuffle_input_sentence=False,
+        max_sentence_length=max(len(d.encode()) for d in docs),
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _encode(sp, docs):
+    return np.array([t for doc in docs for t in [BOS] + sp.encode(doc)], dtype="<u2")
+
+
+def build_sample(out_dir, vocab_size=1024, max_chars=3_000_000):
+    """Build the sample into out_dir (overwriting) and return document and token counts."""
+    docs = collect_documents(max_chars)
+    if len(docs) < 2 * VAL_EVERY:
+        raise SampleError(f"only {len(docs)} stdlib docstrings collected (need {2 * VAL_EVERY}); "
+                          "raise --max-chars or check the Python installation")
+    val_docs = docs[::VAL_EVERY]
+    train_docs = [d for i, d in enumerate(docs) if i % VAL_EVERY]
+    model = _train_tokenizer(train_docs, vocab_size)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    train, val = _encode(sp, train_docs), _encode(sp, val_docs)
+    starts = np.flatnonzero(train == BOS)
+    cut = starts[np.argmin(np.abs(starts - len(train) / 2))]  # > 0: there are >= 2 train docs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = output_names(vocab_size)
+    atomic_write(out / names[0], model)
+    for name, tokens in zip(names[1:], (train[:cut], train[cut:], val)):
+        write_shard(out / name, tokens)
+    return {"train_docs": len(train_docs), "val_docs": len(val_docs),
+            "train_tokens": len(train), "val_tokens": len(val)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--max-chars", type=int, default=3_000_000, help="corpus size cap")
+    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    args = parser.parse_args(argv)
+    if not args.force and all((args.out / n).is_file() for n in output_names(args.vocab_size)):
+        print(f"sample already built at {args.out}")
+        return 0
+    try:
+        c = build_sample(args.out, args.vocab_size, args.max_chars)
+    except (SampleError, OSError, RuntimeError) as e:
+        message = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"make_sample: error: {message[0]}", file=sys.stderr)
+        return 1
+    print(f"docs train={c['train_docs']} val={c['val_docs']}, tokens train={c['train_tokens']} "
+          f"val={c['val_tokens']} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1020 @@
+"""Parameter golf: "Late Soft-Round QAT + Score-First Backward-Looking TTT" (SPEC §1-§8).
+
+    torchrun --standalone --nproc_per_node=8 train_gpt.py    # the record's run on 8xH100
+    python train_gpt.py                                      # one process: CPU or one GPU
+
+Every knob is an environment variable (class Hyperparameters). The file reads top to bottom:
+hyperparameters -> data -> bits per byte -> model -> optimisers -> training helpers ->
+evaluation -> main(). Importing it has no side effects.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+try:  # FlashAttention-3 on Hopper; PyTorch SDPA everywhere else
+    from flash_attn_interface import flash_attn_func as flash_attn_3
+except ImportError:
+    flash_attn_3 = None
+
+
+# ----------------------------------------------------------------------------- hyperparameters
+
+class InputError(Exception):
+    """Bad input (environment, data, tokenizer): the run stops with this one-line message."""
+
+
+class Hyperparameters:
+    """Every knob of a run (SPEC §8). The class attributes are the defaults (the record's); an
+    instance reads each one from the environment variable of the same name in upper case, checks
+    it, and is read-only. Keyword arguments override the environment (for tests and importers)."""
+
+    # data and run
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    run_id: str = ""  # empty: a fresh uuid
+    seed: int = 1337
+    compile: str = "auto"  # auto: torch.compile on CUDA only; 1 or 0 to force
+    # training length and batch
+    iterations: int = 20_000
+    max_wallclock_seconds: float = 600.0  # 0: no cap
+    warmup_steps: int = 20
+    warmdown_iters: int = 3500
+    train_batch_tokens: int = 786_432
+    train_seq_len: int = 2048
+    train_log_every: int = 500
+    # evaluation
+    val_batch_size: int = 524_288
+    val_loss_every: int = 4000  # 0: only at the end
+    eval_seq_len: int = 2048
+    eval_stride: int = 64
+    # model (§4)
+    vocab_size: int = 1024
+    num_layers: int = 11
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 3.0
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    rope_base: float = 10000.0
+    rope_dims: int = 16
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    ln_scale: bool = True
+    xsa_last_n: int = 4
+    bigram_vocab_size: int = 3072
+    bigram_dim: int = 128
+    ve_enabled: bool = True
+    ve_dim: int = 128
+    ve_layers: tuple = (9, 10)
+    # optimisers (§5)
+    matrix_lr: float = 0.025
+    tied_embed_lr: float = 0.035
+    scalar_lr: float = 0.025
+    muon_momentum: float = 0.99
+    muon_momentum_warmup_start: float = 0.92
+    muon_momentum_warmup_steps: int = 1500
+    muon_backend_steps: int = 5
+    muon_wd: float = 0.04
+    adam_wd: float = 0.04
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.3
+    # weight averaging, late QAT and the late burst (§5)
+    weight_avg: str = "ema"  # ema | swa: the average applied after training
+    ema_decay: float = 0.997
+    swa_enabled: bool = True
+    swa_every: int = 50
+    swa_trigger: float = 0.2
+    late_qat_threshold: float = 0.15
+    soft_round_threshold: float = 0.02
+    soft_round_tau: float = 0.1
+    ttt_burst_enabled: bool = True
+    ttt_burst_epochs: int = 2
+    ttt_burst_lr_factor: float = 0.1
+    ttt_burst_steps: int = 100
+    ttt_burst_trigger: float = 0.2
+    # score-first test-time training (§7)
+    ttt_enabled: bool = True
+    ttt_lr: float = 0.002
+    ttt_epochs: int = 3
+    ttt_chunk_tokens: int = 32_768
+    ttt_momentum: float = 0.9
+    ttt_freeze_blocks: int = 0
+    ttt_train_batch_seqs: int = 32
+    ttt_grad_clip: float = 1.0
+
+    def __init__(self, **overrides):
+        for name, default in self.defaults().items():
+            raw = overrides.pop(name, os.environ.get(name.upper()))
+            object.__setattr__(self, name, default if raw is None else _parse(name.upper(), raw, type(default)))
+        if overrides:
+            raise TypeError(f"unknown hyperparameters: {sorted(overrides)}")
+        if not self.run_id:
+            object.__setattr__(self, "run_id", str(uuid.uuid4()))
+        self._check()
+
+    @classmethod
+    def defaults(cls) -> dict:
+        return {name: getattr(cls, name) for name in cls.__annotations__}
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.defaults()}
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Hyperparameters are read-only: set the environment variable instead")
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    def _check(self):
+        def need(ok: bool, message: str):
+            if not ok:
+                raise InputError(message)
+        for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
+                     "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
+                     "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
+                     "soft_round_tau logit_softcap rope_base").split():
+            need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
+        for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every "
+                     "xsa_last_n muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
+                     "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
+                     "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
+                     "soft_round_threshold swa_trigger ttt_burst_trigger").split():
+            need(getattr(self, name) >= 0, f"{name.upper()} must be >= 0, got {getattr(self, name)}")
+        for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum".split():
+            need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
+        need(self.adam_eps > 0, f"ADAM_EPS must be > 0, got {self.adam_eps}")
+        need(re.fullmatch(r"[\w.-]+", self.run_id) is not None, f"RUN_ID={self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
+        need(self.compile in ("auto", "0", "1"), f"COMPILE must be auto, 0 or 1, got {self.compile!r}")
+        need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
+        need(self.tie_embeddings, "TIE_EMBEDDINGS=0 is not supported: this recipe ties the output head to tok_emb")
+        need(self.vocab_size <= 65536, f"VOCAB_SIZE must be <= 65536 (uint16 shards), got {self.vocab_size}")
+        need(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be a multiple of NUM_HEADS={self.num_heads}")
+        need(self.num_heads % self.num_kv_heads == 0, f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS={self.num_kv_heads}")
+        need(self.rope_dims % 2 == 0 and 4 <= self.rope_dims <= self.head_dim,
+             f"ROPE_DIMS must be even and in [4, head dim {self.head_dim}], got {self.rope_dims}")
+        need(self.xsa_last_n <= self.num_layers, f"XSA_LAST_N={self.xsa_last_n} exceeds NUM_LAYERS={self.num_layers}")
+        need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
+                                     and all(0 <= i < self.num_layers for i in self.ve_layers)),
+             f"VE_LAYERS={','.join(map(str, self.ve_layers))} must name distinct layers in [0, {self.num_layers})")
+        need(self.train_batch_tokens % (8 * self.train_seq_len) == 0,
+             f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN={8 * self.train_seq_len} "
+             "(world_size x grad_accum_steps = 8 micro-batches per step)")
+        need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} exceeds EVAL_SEQ_LEN={self.eval_seq_len}")
+        need(self.ttt_chunk_tokens % self.eval_seq_len == 0,
+             f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be a multiple of EVAL_SEQ_LEN={self.eval_seq_len}")
+
+
+def _parse(env_name: str, raw, kind: type):
+    """One environment value as the type of its default; InputError naming the variable otherwise."""
+    text = ",".join(map(str, raw)) if isinstance(raw, (tuple, list)) else str(raw).strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true"):
+                return True
+            if text.lower() in ("0", "false"):
+                return False
+            raise ValueError
+        if kind is tuple:
+            return tuple(int(v) for v in text.split(",") if v.strip())
+        if kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        return kind(text)
+    except ValueError:
+        expected = {bool: "0 or 1", tuple: "comma-separated integers"}.get(kind, f"a {kind.__name__}")
+        raise InputError(f"{env_name}={text!r} is not valid: expected {expected}") from None
+
+
+# ----------------------------------------------------------------------------- data (§2)
+
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
+
+
+def atomic_write(path, data: bytes):
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a half file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_shard(path, tokens):
+    """A shard in the challenge format: 256 int32 header (magic, version, count), uint16 tokens."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
+        raise ValueError("tokens must be a 1-D sequence of integers in [0, 65535]")
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    atomic_write(path, header.tobytes() + tokens.astype("<u2").tobytes())
+
+
+def shard_token_count(path) -> int:
+    """Checks a shard's header and size; returns its token count."""
+    size = Path(path).stat().st_size
+    if size < SHARD_HEADER_BYTES:
+        raise InputError(f"shard {path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header")
+    magic, version, count = np.fromfile(path, dtype="<i4", count=3)
+    if magic != SHARD_MAGIC:
+        raise InputError(f"shard {path}: magic {magic}, expected {SHARD_MAGIC} (not a challenge shard)")
+    if version != SHARD_VERSION:
+        raise InputError(f"shard {path}: version {version}, expected {SHARD_VERSION}")
+    if count < 0 or size != SHARD_HEADER_BYTES + 2 * count:
+        raise InputError(f"shard {path}: {size} bytes, but its header promises {count} tokens "
+                         f"({SHARD_HEADER_BYTES + 2 * count} bytes): truncated or corrupt")
+    return int(count)
+
+
+def read_shard(path) -> np.ndarray:
+    count = shard_token_count(path)
+    return np.fromfile(path, dtype="<u2", count=count, offset=SHARD_HEADER_BYTES)
+
+
+def list_shards(data_path, split: str) -> list[Path]:
+    """The sorted `fineweb_{split}_*.bin` files under DATA_PATH, every header checked."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise InputError(f"DATA_PATH {root} is not a directory (download the data, or build the sample "
+                         "with: python data/make_sample.py)")
+    files = sorted(root.glob(f"fineweb_{split}_*.bin"))
+    if not files:
+        raise InputError(f"DATA_PATH {root} holds no fineweb_{split}_*.bin shards")
+    if sum(shard_token_count(f) for f in files) == 0:
+        raise InputError(f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
+    return files
+
+
+class TokenStream:
+    """The shards as one endless stream of tokens, in file order, wrapping around."""
+
+    def __init__(self, files):
+        self.files = list(files)
+        self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0])
+
+    def state(self) -> tuple[int, int]:
+        return self.file_idx, self.pos
+
+    def restore(self, state: tuple[int, int]):
+        if state[0] != self.file_idx:
+            self.tokens = read_shard(self.files[state[0]])
+        self.file_idx, self.pos = state
+
+    def take(self, n: int) -> np.ndarray:
+        parts = []
+        while n > 0:
+            if self.pos == len(self.tokens):
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = read_shard(self.files[self.file_idx]), 0
+            k = min(n, len(self.tokens) - self.pos)
+            parts.append(self.tokens[self.pos:self.pos + k])
+            self.pos, n = self.pos + k, n - k
+        return np.concatenate(parts)
+
+
+class DistributedTokenLoader:
+    """Each micro-step takes world_size x (local_tokens + 1) consecutive tokens; rank r uses the
+    r-th slice, inputs = slice[:-1] and targets = slice[1:], as (-1, seq_len)."""
+
+    def __init__(self, files, rank: int, world_size: int, device: torch.device):
+        self.stream, self.rank, self.world_size, self.device = TokenStream(files), rank, world_size, device
+
+    def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        span = local_tokens + 1
+        chunk = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
+        local = torch.from_numpy(chunk.astype(np.int64))
+        if self.device.type == "cuda":
+            local = local.pin_memory().to(self.device, non_blocking=True)
+        return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+
+
+def load_validation_tokens(files, seq_len: int) -> Tensor:
+    """All val shards, truncated to a whole number of sequences plus one token."""
+    tokens = np.concatenate([read_shard(f) for f in files])
+    usable = (len(tokens) - 1) // seq_len * seq_len
+    if usable == 0:
+        raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
+    return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
+
+
+# ----------------------------------------------------------------------------- bits per byte (§3)
+
+def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
+    if not Path(path).is_file():
+        raise InputError(f"TOKENIZER_PATH {path} does not exist")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"TOKENIZER_PATH {path} is not a SentencePiece model ({e})") from None
+    if sp.vocab_size() != vocab_size:
+        raise InputError(f"tokenizer {path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
+    return sp
+
+
+class TokenBytes:
+    """How many UTF-8 bytes each target token stands for, from the SentencePiece model (§3)."""
+
+    def __init__(self, sp: spm.SentencePieceProcessor):
+        n = sp.vocab_size()
+        self.base = torch.zeros(n, dtype=torch.int64)
+        self.leading_space = torch.zeros(n, dtype=torch.bool)
+        self.boundary = torch.zeros(n, dtype=torch.bool)
+        for i in range(n):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                self.boundary[i] = True
+            elif sp.is_byte(i):
+                self.base[i] = 1
+            else:
+                piece = sp.id_to_piece(i)
+                self.leading_space[i] = piece.startswith("\u2581")
+                self.base[i] = len(piece.removeprefix("\u2581").encode("utf-8"))
+
+    def to(self, device) -> TokenBytes:
+        other = copy.copy(self)
+        other.base, other.leading_space, other.boundary = (t.to(device) for t in (self.base, self.leading_space, self.boundary))
+        return other
+
+    def count(self, prev: Tensor, target: Tensor) -> Tensor:
+        """Bytes of each target: its base bytes, plus its leading space unless it follows a boundary."""
+        space = self.leading_space[target] & ~self.boundary[prev]
+        return (self.base[target] + space).to(torch.float64)
+
+
+class BpbMeter:
+    """Sums NLL (nats), targets and bytes in float64 across ranks; every evaluation reports here."""
+
+    def __init__(self, token_bytes: TokenBytes, device):
+        self.token_bytes = token_bytes.to(device)
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, nll: Tensor, prev: Tensor, target: Tensor):
+        nbytes = self.token_bytes.count(prev, target).sum()
+        self.sums += torch.stack([nll.double().sum(), nbytes.new_tensor(nll.numel()), nbytes])
+
+    def result(self) -> tuple[float, float]:
+        """(val_loss in nats per token, val_bpb), summed over every rank."""
+        if dist.is_initialized():
+            dist.all_reduce(self.sums)
+        nll, tokens, nbytes = self.sums.tolist()
+        return nll / tokens, nll / math.log(2) / nbytes
+
+
+# ----------------------------------------------------------------------------- model (§4)
+
+ROPE_REFERENCE_LEN = 1024
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def fake_quant_int6(w: Tensor, qat: Tensor) -> Tensor:
+    """Late QAT (§5). qat = [enabled, soft_round, tau] as a tensor, so that switching takes effect
+    inside compiled code. Forward: w, or its per-row int6 quantisation once enabled. Backward:
+    identity (straight-through), or with soft_round the gradient of the surrogate
+    s * clamp(floor(u) + sigmoid((u - floor(u) - 0.5) / tau), -31, 31), u = w / s, s constant."""
+    enabled, soft_round, tau = qat[0], qat[1], qat[2]
+    s = (w.detach().abs().amax(dim=1, keepdim=True) / 31).clamp_min(1 / 31)
+    u = w / s
+    floor_u = torch.floor(u.detach())
+    hard = torch.clamp(torch.round(u.detach()), -31, 31) * s
+    surrogate = torch.clamp(floor_u + torch.sigmoid((u - floor_u - 0.5) / tau), -31, 31) * s
+    value = torch.where(enabled > 0, hard, w.detach())
+    grad_path = torch.where(soft_round > 0, surrogate, w)
+    return grad_path + (value - grad_path).detach()
+
+
+class CastedLinear(nn.Linear):
+    """Linear layer without bias: fp32 weight, matmul in the activation dtype, int6 fake
+    quantisation in training mode while late QAT is on."""
+
+    def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.zero_init = zero_init
+        self.register_buffer("qat", torch.tensor([0.0, 0.0, 1.0]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = fake_quant_int6(self.weight, self.qat) if self.training else self.weight
+        return F.linear(x, w.to(x.dtype))
+
+
+def rotary(seq_len: int, rope_dims: int, base: float, device, dtype) -> tuple[Tensor, Tensor]:
+    """cos, sin of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
+    if seq_len > ROPE_REFERENCE_LEN:
+        base = base * (seq_len / ROPE_REFERENCE_LEN) ** (rope_dims / (rope_dims - 2))
+    inv_freq = base ** (-torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos().to(dtype)[None, :, None, :], angles.sin().to(dtype)[None, :, None, :]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[j], x[j + half]) of the first rope_dims dims: (a cos + b sin, b cos - a sin)."""
+    half = cos.size(-1)
+    a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return torch.cat((a * cos + b * sin, b * cos - a * sin, rest), dim=-1)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """q (B, T, H, D), k and v (B, T, Hkv, D); query head h reads KV head h // (H / Hkv)."""
+    if flash_attn_3 is not None and q.is_cuda:
+        out = flash_attn_3(q, k, v, causal=True)
+        return out[0] if isinstance(out, tuple) else out
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=True, enable_gqa=True)
+    return y.transpose(1, 2)
+
+
+def remove_value_direction(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: subtract from each head's output its projection on its KV head's unit value vector."""
+    B, T, H, D = y.shape
+    y = y.view(B, T, v.size(2), -1, D)
+    vn = F.normalize(v, dim=-1).unsqueeze(3)
+    return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, args: Hyperparameters, use_xsa: bool):
+        super().__init__()
+        kv_dim = args.num_kv_heads * args.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
+        self.rope_dims, self.rope_base, self.use_xsa = args.rope_dims, args.rope_base, use_xsa
+        self.c_q = CastedLinear(args.model_dim, args.model_dim)
+        self.c_k = CastedLinear(args.model_dim, kv_dim)
+        self.c_v = CastedLinear(args.model_dim, kv_dim)
+        self.proj = CastedLinear(args.model_dim, args.model_dim, zero_init=True)
+        self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
+
+    def forward(self, x: Tensor, ve: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q = rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim))
+        k = rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim))
+        v = self.c_v(x)
+        if ve is not None:
+            v = v + ve
+        v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        cos, sin = rotary(T, self.rope_dims, self.rope_base, x.device, q.dtype)
+        q = apply_rotary(q, cos, sin) * self.q_gain.to(q.dtype)[:, None]
+        y = causal_attention(q, apply_rotary(k, cos, sin), v)
+        if self.use_xsa:
+            y = remove_value_direction(y, v)
+        return self.proj(y.reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc = CastedLinear(dim, hidden)
+        self.proj = CastedLinear(hidden, dim, zero_init=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.leaky_relu(self.fc(x), 0.5).square())
+
+
+class Block(nn.Module):
+    def __init__(self, args: Hyperparameters, index: int):
+        super().__init__()
+        dim = args.model_dim
+        self.attn_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
+        self.attn = CausalSelfAttention(args, use_xsa=index >= args.num_layers - args.xsa_last_n)
+        self.mlp = MLP(dim, int(args.mlp_mult * dim))
+        self.ln_scale = 1 / math.sqrt(index + 1) if args.ln_scale else 1.0  # damps deeper blocks' inputs
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None) -> Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve)
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+
+def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
+    """(36313 * cur XOR 27191 * prev) mod (table_size - 1) in int32; position 0 gets table_size - 1."""
+    t = ids.to(torch.int32)
+    h = torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % (table_size - 1)
+    return torch.cat([torch.full_like(t[:, :1], table_size - 1), h], dim=1)
+
+
+class BigramHash(nn.Module):
+    """A hashed embedding of (previous, current) token pairs, projected to the model width."""
+
+    def __init__(self, table_size: int, dim: int, model_dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.05))
+        self.embed = nn.Embedding(table_size, dim)
+        self.proj = CastedLinear(dim, model_dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.proj(self.embed(bigram_hash(ids, self.embed.num_embeddings)))
+        return x * self.scale.to(x.dtype)
+
+
+class SmearGate(nn.Module):
+    """Mixes each position with the previous one through a learned per-channel gate."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate.to(x.dtype))
+        return (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
+
+
+class ValueEmbedding(nn.Module):
+    """A token embedding added to the values of the last attention layers."""
+
+    def __init__(self, vocab_size: int, dim: int, kv_dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.1))
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.proj = CastedLinear(dim, kv_dim)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        x = self.proj(self.embed(ids))
+        return x * self.scale.to(x.dtype)
+
+
+class GPT(nn.Module):
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        n, dim = args.num_layers, args.model_dim
+        self.num_encoder = n // 2
+        self.logit_softcap = args.logit_softcap
+        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, n - self.num_encoder), dim))
+        self.tok_emb = nn.Embedding(args.vocab_size, dim)
+        self.bigram = BigramHash(args.bigram_vocab_size, args.bigram_dim, dim)
+        self.smear = SmearGate(dim)
+        self.blocks = nn.ModuleList(Block(args, i) for i in range(n))
+        self.ve_index = {layer: j for j, layer in enumerate(args.ve_layers)} if args.ve_enabled else {}
+        if self.ve_index:
+            self.ve_shared = ValueEmbedding(args.vocab_size, args.ve_dim, args.num_kv_heads * args.head_dim)
+            self.ve_layer_scales = nn.ParameterList(nn.Parameter(torch.ones(1)) for _ in self.ve_index)
+        self._init_weights(args)
+
+    @torch.no_grad()
+    def _init_weights(self, args: Hyperparameters):
+        nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
+        nn.init.zeros_(self.bigram.embed.weight)
+        for module in self.modules():
+            if isinstance(module, CastedLinear):
+                if module.zero_init:
+                    nn.init.zeros_(module.weight)
+                elif min(module.weight.shape) >= 64:
+                    nn.init.orthogonal_(module.weight)
+        side_projections = [self.bigram.proj]
+        if self.ve_index:
+            nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
+            side_projections.append(self.ve_shared.proj)
+        for proj in side_projections:
+            proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
+
+    def set_qat(self, enabled: bool, soft_round: bool, tau: float):
+        """Late QAT switches (§5); buffers, so compiled graphs see them without recompiling."""
+        for module in self.modules():
+            if isinstance(module, CastedLinear):
+                module.qat.copy_(torch.tensor([float(enabled), float(soft_round), tau]))
+
+    def forward_logits(self, ids: Tensor) -> Tensor:
+        """Soft-capped logits (B, T, V) in float32."""
+        x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(ids)))
+        x0, skips = x, []
+        ve = self.ve_shared(ids) if self.ve_index else None
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder and skips:  # U-Net: decoder blocks take encoder outputs, last first
+                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
+            j = self.ve_index.get(i)
+            x = block(x, x0, None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype))
+            if i < self.num_encoder:
+                skips.append(x)
+        logits = F.linear(rms_norm(x), self.tok_emb.weight.to(x.dtype)).float()
+        return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+
+    def forward(self, ids: Tensor, targets: Tensor) -> Tensor:
+        """Mean cross-entropy of the targets."""
+        return F.cross_entropy(self.forward_logits(ids).flatten(0, 1), targets.flatten())
+
+
+def build_model(args: Hyperparameters) -> GPT:
+    """The model for these hyperparameters, initialised from SEED: fp32, on the CPU."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        return GPT(args)
+
+
+def place_model(model: GPT, device: torch.device) -> GPT:
+    """Moves the model to the device; on CUDA the embedding tables live in bf16 (§4)."""
+    model.to(device)
+    if device.type == "cuda":
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                module.bfloat16()
+    return model
+
+
+# ----------------------------------------------------------------------------- optimisers (§5)
+
+def update_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def newton_schulz5(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalise each matrix of g (..., rows, cols) by the quintic Newton-Schulz
+    iteration: in bf16 on CUDA (the record), in fp32 on CPUs, where bf16 matmuls are emulated."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.to(update_dtype(g.device))
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    transposed = x.size(-2) > x.size(-1)
+    if transposed:
+        x = x.mT
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)),
+    with decoupled weight decay. Matrices of one shape are orthogonalised together, each by one
+    rank (round robin); the updates reach every rank in one all-reduce of a flat buffer."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self):
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for group in self.param_groups:
+            params, lr, mu = group["params"], group["lr"], group["momentum"]
+            offsets = np.cumsum([0] + [p.numel() for p in params])
+            updates = torch.zeros(int(offsets[-1]), device=params[0].device, dtype=update_dtype(params[0].device))
+            by_shape = {}
+            for i, p in enumerate(params):
+                by_shape.setdefault(p.shape, []).append(i)
+            for shape, indices in by_shape.items():
+                mine = [i for i in indices[rank::world_size] if params[i].grad is not None]
+                if not mine:
+                    continue
+                directions = []
+                for i in mine:
+                    grad = params[i].grad
+                    buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(grad))
+                    buf.mul_(mu).add_(grad)
+                    directions.append(grad.add(buf, alpha=mu))
+                ortho = newton_schulz5(torch.stack(directions), group["backend_steps"]) * max(1, shape[0] / shape[1]) ** 0.5
+                for i, u in zip(mine, ortho):
+                    updates[offsets[i]:offsets[i + 1]] = u.flatten()
+            if world_size > 1:
+                dist.all_reduce(updates)
+            for i, p in enumerate(params):
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
+
+
+def build_optimizers(model: GPT, args: Hyperparameters) -> list[torch.optim.Optimizer]:
+    """Muon for every linear weight; AdamW for the embedding tables and for all the rest."""
+    matrices = [m.weight for m in model.modules() if isinstance(m, CastedLinear)]
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
+    taken = {id(p) for p in matrices + tables}
+    scalars = [p for p in model.parameters() if id(p) not in taken]
+    muon = Muon(matrices, args.matrix_lr, args.muon_momentum_warmup_start, args.muon_backend_steps, args.muon_wd)
+    adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr), dict(params=scalars, lr=args.scalar_lr)],
+                             betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd,
+                             fused=tables[0].is_cuda)
+    for opt in (muon, adam):
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return [muon, adam]
+
+
+def set_lr_scale(optimizers, scale: float):
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * scale
+
+
+# ----------------------------------------------------------------------------- training helpers (§5)
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return 8 // self.world_size
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def agree_max(self, value: float) -> float:
+        """The largest value over all ranks, so that ranks take the same decisions."""
+        if self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
+
+def setup_runtime() -> Runtime:
+    """Rank, world size and device from torchrun's environment; joins the process group."""
+    try:
+        world_size, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    except ValueError:
+        raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be integers") from None
+    if world_size < 1 or 8 % world_size:
+        raise InputError(f"WORLD_SIZE={world_size} must divide 8 (grad_accum_steps = 8 / WORLD_SIZE)")
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+    return Runtime(rank, world_size, device)
+
+
+def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
+    """Warmdown factor (§5): with a wallclock cap, the last WARMDOWN_ITERS steps' worth of time at
+    the measured step time decays linearly to 0; without, the last WARMDOWN_ITERS iterations."""
+    if args.warmdown_iters == 0:
+        return 1.0
+    if args.max_wallclock_seconds == 0:
+        return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
+    warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
+    remaining_ms = max(1000 * args.max_wallclock_seconds - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def train_step(model: nn.Module, batches, optimizers, grad_clip: float, rt: Runtime) -> Tensor:
+    """One optimiser step over the micro-batches (gradients averaged over them and over ranks)."""
+    total = torch.zeros((), device=rt.device)
+    for i, (x, y) in enumerate(batches):
+        last = i == len(batches) - 1
+        with (nullcontext() if last or not isinstance(model, DDP) else model.no_sync()), rt.autocast():
+            loss = model(x, y)
+        (loss / len(batches)).backward()
+        total += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return total / len(batches)
+
+
+def warmup_prime(model, base_model: GPT, optimizers, loader: DistributedTokenLoader, args: Hyperparameters, rt: Runtime):
+    """WARMUP_STEPS real steps to compile and warm up kernels, then restore the initial weights,
+    optimiser states and data stream exactly: the run starts as if they never happened."""
+    weights = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
+    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    stream = loader.stream.state()
+    local_tokens = args.train_batch_tokens // 8
+    for _ in range(args.warmup_steps):
+        batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
+        train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+    base_model.load_state_dict(weights)
+    for opt, state in zip(optimizers, states):
+        opt.load_state_dict(state)
+    loader.stream.restore(stream)
+
+
+def float_weights(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().float() for k, v in model.state_dict().items()}
+
+
+class EMA:
+    """Exponential moving average of all weights, in fp32."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.weights = decay, {k: v.clone() for k, v in float_weights(model).items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        torch._foreach_lerp_(list(self.weights.values()), list(float_weights(model).values()), 1 - self.decay)
+
+
+class SWA:
+    """Plain average of the weight snapshots it is given, in fp32."""
+
+    def __init__(self):
+        self.sums, self.count = None, 0
+
+    @torch.no_grad()
+    def add(self, model: nn.Module):
+        weights = float_weights(model)
+        if self.sums is None:
+            self.sums = {k: v.clone() for k, v in weights.items()}
+        else:
+            torch._foreach_add_(list(self.sums.values()), list(weights.values()))
+        self.count += 1
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        return {k: v / self.count for k, v in self.sums.items()}
+
+
+# ----------------------------------------------------------------------------- evaluation (§7)
+
+def token_nll(model: GPT, x: Tensor, y: Tensor) -> Tensor:
+    """NLL in nats of every target, shaped like y."""
+    return F.cross_entropy(model.forward_logits(x).flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+
+
+@torch.inference_mode()
+def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime) -> tuple[float, float]:
+    """Standard evaluation: consecutive EVAL_SEQ_LEN sequences split across ranks, at most
+    VAL_BATCH_SIZE tokens in flight over all ranks. Returns (val_loss, val_bpb)."""
+    seq = args.eval_seq_len
+    n_seqs = (val_tokens.numel() - 1) // seq
+    first, end = n_seqs * rt.rank // rt.world_size, n_seqs * (rt.rank + 1) // rt.world_size
+    batch = max(1, args.val_batch_size // (rt.world_size * seq))
+    meter = BpbMeter(token_bytes, rt.device)
+    was_training = model.training
+    model.eval()
+    for s in range(first, end, batch):
+        e = min(s + batch, end)
+        tokens = val_tokens[s * seq:e * seq + 1].to(rt.device, torch.int64)
+        x, y = tokens[:-1].view(-1, seq), tokens[1:].view(-1, seq)
+        with rt.autocast():
+            meter.add(token_nll(model, x, y), x, y)
+    model.train(was_training)
+    return meter.result()
+
+
+# ----------------------------------------------------------------------------- main
+
+class Logger:
+    """Rank 0 writes logs/<RUN_ID>.txt and echoes to stdout; other ranks stay silent."""
+
+    def __init__(self, run_id: str, enabled: bool):
+        self.file = None
+        if enabled:
+            Path("logs").mkdir(exist_ok=True)
+            self.path = Path("logs") / f"{run_id}.txt"
+            self.file = open(self.path, "w", buffering=1, encoding="utf-8")
+
+    def __call__(self, message: str, console: bool = True):
+        if self.file is not None:
+            self.file.write(message + "\n")
+            if console:
+                print(message, flush=True)
+
+
+def log_environment(log: Logger):
+    """The source of this script, versions and GPUs, ahead of the run (§8)."""
+    log(Path(__file__).read_text(encoding="utf-8"), console=False)
+    log("=" * 100, console=False)
+    log(f"Running Python {sys.version}", console=False)
+    log(f"Running PyTorch {torch.__version__}", console=False)
+    if shutil.which("nvidia-smi"):
+        log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
+    log("=" * 100, console=False)
+
+
+def main(clock=time.perf_counter):
+    args = Hyperparameters()
+    rt = setup_runtime()
+    log = Logger(args.run_id, rt.is_main)
+    log_environment(log)
+    log("hyperparameters: " + json.dumps(args.as_dict()))
+    token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size))
+    val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len))
+    loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
+    log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+
+    base_model = place_model(build_model(args), rt.device)
+    model = base_model
+    if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
+        model = torch.compile(base_model, dynamic=False, fullgraph=True)
+    if rt.world_size > 1:
+        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+    optimizers = build_optimizers(base_model, args)
+    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+    log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
+    warmup_prime(model, base_model, optimizers, loader, args, rt)
+
+    ema, swa = EMA(base_model, args.ema_decay), SWA()
+    burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
+    qat_on = soft_round_on = False
+    local_tokens = args.train_batch_tokens // 8
+    step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
+    t0 = clock()
+    while True:
+        last = step == args.iterations or step == stop_after
+        if last or (args.val_loss_every and step % args.val_loss_every == 0):
+            rt.synchronize()
+            training_ms += 1000 * (clock() - t0)
+            val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+            t0 = clock()
+        if last:
+            if stop_after is not None:
+                log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
+            break
+
+        scale = lr_scale(step, elapsed_ms, args)
+        if not qat_on and scale < args.late_qat_threshold:
+            qat_on = True
+            base_model.set_qat(True, soft_round_on, args.soft_round_tau)
+            log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
+        if qat_on and not soft_round_on and scale < args.soft_round_threshold:
+            soft_round_on = True
+            base_model.set_qat(True, True, args.soft_round_tau)
+            log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
+        set_lr_scale(optimizers, scale)
+        warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
+        optimizers[0].param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
+
+        batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
+        if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
+            burst.append((step, batches))
+        train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+        ema.update(base_model)
+        step += 1
+        if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
+            if swa.count == 0:
+                log(f"swa:start step:{step}")
+            swa.add(base_model)
+
+        elapsed_ms = rt.agree_max(training_ms + 1000 * (clock() - t0))
+        if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
+            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
+                f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
+        if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
+            stop_after = step
+
+    if rt.device.type == "cuda":
+        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+    if burst:  # replay the last steps' batches at a tenth of the learning rates (§5)
+        log(f"ttt_burst:start steps:{len(burst)} epochs:{args.ttt_burst_epochs} "
+            f"first_step:{burst[0][0]} last_step:{burst[-1][0]}")
+        set_lr_scale(optimizers, args.ttt_burst_lr_factor)
+        for _ in range(args.ttt_burst_epochs):
+            for _, batches in burst:
+                train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+                ema.update(base_model)
+        log("ttt_burst:done")
+
+    if args.weight_avg == "swa" and swa.count == 0:
+        log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
+    use_swa = args.weight_avg == "swa" and swa.count > 0
+    base_model.load_state_dict(swa.weights if use_swa else ema.weights)
+    log(f"weight_avg:{'swa snapshots:' + str(swa.count) if use_swa else 'ema decay:' + str(args.ema_decay)}")
+    base_model.set_qat(False, False, args.soft_round_tau)
+    t_eval = clock()
+    val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+    log(f"DIAGNOSTIC post_{'swa' if use_swa else 'ema'} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+        f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
