@@ -10,6 +10,7 @@ evaluation -> main(). Importing it has no side effects.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import sentencepiece as spm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import zstandard
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -55,6 +57,7 @@ class Hyperparameters:
     run_id: str = ""  # empty: a fresh uuid
     seed: int = 1337
     compile: str = "auto"  # auto: torch.compile on CUDA only; 1 or 0 to force
+    eval_artifact: str = ""  # path of a final_model.int6.ptz: skip training, evaluate it (§7)
     # training length and batch
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0: no cap
@@ -184,7 +187,8 @@ class Hyperparameters:
         need(self.train_batch_tokens % (8 * self.train_seq_len) == 0,
              f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN={8 * self.train_seq_len} "
              "(world_size x grad_accum_steps = 8 micro-batches per step)")
-        need(self.eval_stride <= self.eval_seq_len, f"EVAL_STRIDE={self.eval_stride} exceeds EVAL_SEQ_LEN={self.eval_seq_len}")
+        need(self.eval_seq_len % self.eval_stride == 0,
+             f"EVAL_STRIDE={self.eval_stride} must divide EVAL_SEQ_LEN={self.eval_seq_len} (windows stay inside TTT chunks)")
         need(self.ttt_chunk_tokens % self.eval_seq_len == 0,
              f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be a multiple of EVAL_SEQ_LEN={self.eval_seq_len}")
 
@@ -383,11 +387,16 @@ class BpbMeter:
         self.sums += torch.stack([nll.double().sum(), nbytes.new_tensor(nll.numel()), nbytes])
 
     def result(self) -> tuple[float, float]:
-        """(val_loss in nats per token, val_bpb), summed over every rank."""
+        """(val_loss, val_bpb) summed over every rank."""
         if dist.is_initialized():
             dist.all_reduce(self.sums)
-        nll, tokens, nbytes = self.sums.tolist()
-        return nll / tokens, nll / math.log(2) / nbytes
+        return loss_and_bpb(self.sums)
+
+
+def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
+    """(nats per target, bits per byte) from sums of [nll, targets, bytes]."""
+    nll, targets, nbytes = sums.tolist()
+    return nll / targets, nll / math.log(2) / nbytes
 
 
 # ----------------------------------------------------------------------------- model (§4)
@@ -854,6 +863,111 @@ class SWA:
         return {k: v / self.count for k, v in self.sums.items()}
 
 
+# ----------------------------------------------------------------------------- artifact (§6)
+
+SUBMISSION_LIMIT_BYTES = 16_000_000
+ARTIFACT_PATH, RAW_MODEL_PATH = Path("final_model.int6.ptz"), Path("final_model.pt")
+PASSTHROUGH_MAX_NUMEL = 65_536
+INT6_CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
+INT8_CLIP_QUANTILE = 0.9999984
+
+
+def quant_kind(name: str, t: Tensor) -> str:
+    """passthrough (small or non-float), int6 (attention and MLP matrices) or int8 (the rest)."""
+    if not t.is_floating_point() or t.numel() <= PASSTHROUGH_MAX_NUMEL or t.ndim != 2:
+        return "passthrough"
+    return "int6" if any(part in name for part in (".attn.", ".mlp.", ".proj.")) else "int8"
+
+
+def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric quantisation; each row keeps the clip quantile of |w| with the lowest
+    squared error (per row, so never worse than one choice for the whole tensor)."""
+    w = w.float()
+    best_q = best_scale = best_err = None
+    for quantile in clip_quantiles:
+        clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
+        scale = (clip / max_q).clamp_min(1 / max_q).half()
+        q = torch.clamp(torch.round(w / scale.float()[:, None]), -max_q, max_q)
+        err = (q * scale.float()[:, None] - w).square().sum(dim=1)
+        if best_err is None:
+            best_q, best_scale, best_err = q, scale, err
+        else:
+            better = err < best_err
+            best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
+    return best_q.to(torch.int8), best_scale
+
+
+def quantize_state_dict(state_dict: dict[str, Tensor]) -> dict:
+    """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors."""
+    weights, meta = {}, {}
+    for name, t in state_dict.items():
+        t = t.detach().cpu()
+        kind = quant_kind(name, t)
+        if kind == "passthrough":
+            weights[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
+        else:
+            q, scale = quantize_rows(t, 31, INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
+            weights[name + ".q"], weights[name + ".scale"], meta[name] = q, scale, {"type": kind}
+    return {"w": weights, "m": meta}
+
+
+def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict with the names, shapes and dtypes of `template` from an artifact container."""
+    weights, meta = container["w"], container["m"]
+    if set(meta) != set(template):
+        missing, extra = sorted(set(template) - set(meta)), sorted(set(meta) - set(template))
+        raise InputError(f"artifact does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    out = {}
+    for name, ref in template.items():
+        if meta[name] == "passthrough":
+            t = weights.get(name)
+        else:
+            q, scale = weights.get(name + ".q"), weights.get(name + ".scale")
+            t = None if q is None or scale is None or q.ndim != 2 or scale.shape != q.shape[:1] else q.float() * scale.float()[:, None]
+        if t is None or t.shape != ref.shape:
+            raise InputError(f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
+        out[name] = t.to(ref.dtype)
+    return out
+
+
+def serialize(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def write_artifact(container: dict, path=ARTIFACT_PATH) -> int:
+    """torch.save + zstd level 22, written atomically; returns the compressed size in bytes."""
+    blob = zstandard.ZstdCompressor(level=22).compress(serialize(container))
+    atomic_write(path, blob)
+    return len(blob)
+
+
+def load_artifact(path) -> dict:
+    """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"artifact {path} does not exist")
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
+    except zstandard.ZstdError as e:
+        raise InputError(f"artifact {path} is not a complete zstd stream (truncated or corrupt: {e})") from None
+    try:
+        container = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses any object that is not plain data
+        raise InputError(f"artifact {path} refused: not a plain container of tensors ({str(e).splitlines()[0]})") from None
+    meta_ok = lambda m: m == "passthrough" or (isinstance(m, dict) and m.get("type") in ("int6", "int8") and len(m) == 1)
+    if not (isinstance(container, dict) and set(container) == {"w", "m"} and isinstance(container["w"], dict)
+            and isinstance(container["m"], dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in container["w"].items())
+            and all(isinstance(k, str) and meta_ok(v) for k, v in container["m"].items())):
+        raise InputError(f"artifact {path} refused: not a {{'w': tensors, 'm': meta}} container of this format")
+    return container
+
+
+def code_bytes() -> int:
+    return len(Path(__file__).read_bytes())
+
+
 # ----------------------------------------------------------------------------- evaluation (§7)
 
 def token_nll(model: GPT, x: Tensor, y: Tensor) -> Tensor:
@@ -861,25 +975,145 @@ def token_nll(model: GPT, x: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(model.forward_logits(x).flatten(0, 1), y.flatten(), reduction="none").view_as(y)
 
 
+def rank_share(n: int, rt: Runtime) -> slice:
+    """This rank's contiguous share of n items."""
+    return slice(n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size)
+
+
+def sliding_windows(n_targets: int, seq_len: int, stride: int) -> tuple[Tensor, Tensor]:
+    """Window starts, and per window the offset of its first scored target: the first window
+    scores all its targets, every later one (stride further) only its last `stride` (the very last
+    one fewer), so every target is scored exactly once, with at least seq_len - stride context."""
+    ends = torch.cat([torch.tensor([seq_len]), torch.arange(seq_len + stride, n_targets + stride, stride).clamp_max(n_targets)])
+    return ends - seq_len, seq_len - ends.diff(prepend=torch.tensor([0]))
+
+
 @torch.inference_mode()
-def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime) -> tuple[float, float]:
-    """Standard evaluation: consecutive EVAL_SEQ_LEN sequences split across ranks, at most
-    VAL_BATCH_SIZE tokens in flight over all ranks. Returns (val_loss, val_bpb)."""
-    seq = args.eval_seq_len
-    n_seqs = (val_tokens.numel() - 1) // seq
-    first, end = n_seqs * rt.rank // rt.world_size, n_seqs * (rt.rank + 1) // rt.world_size
-    batch = max(1, args.val_batch_size // (rt.world_size * seq))
-    meter = BpbMeter(token_bytes, rt.device)
+def score_windows(model: GPT, val_tokens: Tensor, starts: Tensor, score_from: Tensor, seq_len: int,
+                  meter: BpbMeter, batch: int, rt: Runtime):
+    """Adds to `meter` the NLL and bytes of the targets at positions >= score_from of each window
+    val_tokens[start : start + seq_len + 1]; windows are gathered `batch` at a time."""
     was_training = model.training
     model.eval()
-    for s in range(first, end, batch):
-        e = min(s + batch, end)
-        tokens = val_tokens[s * seq:e * seq + 1].to(rt.device, torch.int64)
-        x, y = tokens[:-1].view(-1, seq), tokens[1:].view(-1, seq)
+    offsets = torch.arange(seq_len + 1)
+    for i in range(0, len(starts), batch):
+        windows = val_tokens[starts[i:i + batch, None] + offsets].to(rt.device, torch.int64)
+        x, y = windows[:, :-1], windows[:, 1:]
+        scored = (offsets[:-1] >= score_from[i:i + batch, None]).to(rt.device)
         with rt.autocast():
-            meter.add(token_nll(model, x, y), x, y)
+            nll = token_nll(model, x, y)
+        meter.add(nll[scored], x[scored], y[scored])
     model.train(was_training)
+
+
+def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime,
+             stride: int | None = None) -> tuple[float, float]:
+    """(val_loss, val_bpb) over the validation tokens, windows split across ranks, at most
+    VAL_BATCH_SIZE tokens in flight over all ranks. Standard (§7.1): consecutive EVAL_SEQ_LEN
+    sequences; with a stride, sliding windows (§7.2)."""
+    seq_len, n_targets = args.eval_seq_len, val_tokens.numel() - 1
+    if stride is None:
+        starts = torch.arange(n_targets // seq_len) * seq_len
+        score_from = torch.zeros_like(starts)
+    else:
+        starts, score_from = sliding_windows(n_targets, seq_len, stride)
+    mine = rank_share(len(starts), rt)
+    meter = BpbMeter(token_bytes, rt.device)
+    score_windows(model, val_tokens, starts[mine], score_from[mine], seq_len, meter,
+                  max(1, args.val_batch_size // (rt.world_size * seq_len)), rt)
     return meter.result()
+
+
+def average_gradients(params: list[Tensor], rt: Runtime):
+    """Sums the gradients over ranks in one flat fp32 all-reduce (not one per tensor)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    if rt.world_size > 1:
+        flat = torch.cat([g.float().flatten() for g in grads])
+        dist.all_reduce(flat)
+        grads = [g.view_as(p).to(p.dtype) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+    for p, g in zip(params, grads):
+        p.grad = g
+
+
+def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor, args: Hyperparameters, rt: Runtime):
+    """TTT_EPOCHS epochs of SGD on the chunk's sequences. Each step takes a global batch of up to
+    TTT_TRAIN_BATCH_SEQS sequences split across ranks, so the steps do not depend on world size."""
+    seq_len = args.eval_seq_len
+    n_seqs = (tokens.numel() - 1) // seq_len
+    model.train()
+    for _ in range(args.ttt_epochs):
+        for first in range(0, n_seqs, args.ttt_train_batch_seqs):
+            count = min(args.ttt_train_batch_seqs, n_seqs - first)
+            mine = rank_share(count, rt)
+            if mine.stop > mine.start:
+                seqs = tokens[(first + mine.start) * seq_len:(first + mine.stop) * seq_len + 1].to(rt.device, torch.int64)
+                with rt.autocast():
+                    loss = model(seqs[:-1].view(-1, seq_len), seqs[1:].view(-1, seq_len))
+                (loss * (mine.stop - mine.start) / count).backward()  # summed over ranks: the batch mean
+            average_gradients(params, rt)
+            if args.ttt_grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+
+def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime,
+                 log=None) -> tuple[float, float, Tensor]:
+    """Legal score-first test-time training (§7.3). The sliding windows are grouped into chunks of
+    TTT_CHUNK_TOKENS targets (by their first scored target); each chunk is scored with the current
+    weights, and only then trained on, so its score depends only on the chunks before it.
+    Returns (val_loss, val_bpb, per-chunk sums of [nll, targets, bytes])."""
+    seq_len, chunk_tokens, n_targets = args.eval_seq_len, args.ttt_chunk_tokens, val_tokens.numel() - 1
+    starts, score_from = sliding_windows(n_targets, seq_len, args.eval_stride)
+    n_chunks = -(-n_targets // chunk_tokens)
+    bounds = torch.searchsorted((starts + score_from) // chunk_tokens, torch.arange(n_chunks + 1)).tolist()
+    frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze_blocks))
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(frozen))
+        if p.requires_grad:
+            params.append(p)
+    optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
+    model.set_qat(False, False, args.soft_round_tau)
+    batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
+    sums = torch.zeros(n_chunks, 3, dtype=torch.float64, device=rt.device)
+    t0 = time.perf_counter()
+    for c in range(n_chunks):
+        mine = rank_share(bounds[c + 1] - bounds[c], rt)
+        window_ids = slice(bounds[c] + mine.start, bounds[c] + mine.stop)
+        meter = BpbMeter(token_bytes, rt.device)
+        score_windows(model, val_tokens, starts[window_ids], score_from[window_ids], seq_len, meter, batch, rt)
+        sums[c] = meter.sums
+        if c < n_chunks - 1 and args.ttt_epochs > 0:
+            for group in optimizer.param_groups:
+                group["lr"] = args.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(n_chunks - 1, 1)))
+            ttt_train_chunk(model, optimizer, params, val_tokens[c * chunk_tokens:(c + 1) * chunk_tokens + 1], args, rt)
+        if log is not None and ((c + 1) % 10 == 0 or c == n_chunks - 1):
+            running = sums[:c + 1].sum(dim=0)
+            if rt.world_size > 1:
+                dist.all_reduce(running)
+            log(f"ttt:chunk {c + 1}/{n_chunks} running_val_bpb:{loss_and_bpb(running)[1]:.4f} "
+                f"elapsed:{time.perf_counter() - t0:.1f}s")
+    if rt.world_size > 1:
+        dist.all_reduce(sums)
+    return *loss_and_bpb(sums.sum(dim=0)), sums
+
+
+def evaluate_artifact(path, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
+    """Reloads the artifact from disk into a fresh model and runs the three final evaluations."""
+    model = place_model(build_model(args), rt.device)
+    model.load_state_dict(dequantize_state_dict(load_artifact(path), model.state_dict()))
+    evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
+                   ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
+    if args.ttt_enabled:
+        evaluations.append(("final_ttt", lambda: evaluate_ttt(model, val_tokens, token_bytes, args, rt, log)[:2]))
+    for name, run in evaluations:
+        rt.synchronize()
+        t0 = time.perf_counter()
+        val_loss, val_bpb = run()
+        rt.synchronize()
+        log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -920,96 +1154,120 @@ def main(clock=time.perf_counter):
     log("hyperparameters: " + json.dumps(args.as_dict()))
     token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size))
     val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len))
-    loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
-    log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+    log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
+        f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+    artifact = Path(args.eval_artifact) if args.eval_artifact else ARTIFACT_PATH
+    if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
+        if not artifact.is_file():
+            raise InputError(f"EVAL_ARTIFACT {artifact} does not exist")
+        log(f"eval_artifact:{artifact}")
+    else:
+        loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
+        base_model = place_model(build_model(args), rt.device)
+        model = base_model
+        if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
+            model = torch.compile(base_model, dynamic=False, fullgraph=True)
+        if rt.world_size > 1:
+            model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+        optimizers = build_optimizers(base_model, args)
+        log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+        log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
+        warmup_prime(model, base_model, optimizers, loader, args, rt)
 
-    base_model = place_model(build_model(args), rt.device)
-    model = base_model
-    if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
-        model = torch.compile(base_model, dynamic=False, fullgraph=True)
-    if rt.world_size > 1:
-        model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
-    optimizers = build_optimizers(base_model, args)
-    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
-    log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
-    warmup_prime(model, base_model, optimizers, loader, args, rt)
+        ema, swa = EMA(base_model, args.ema_decay), SWA()
+        burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
+        qat_on = soft_round_on = False
+        local_tokens = args.train_batch_tokens // 8
+        step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
+        t0 = clock()
+        while True:
+            last = step == args.iterations or step == stop_after
+            if last or (args.val_loss_every and step % args.val_loss_every == 0):
+                rt.synchronize()
+                training_ms += 1000 * (clock() - t0)
+                val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+                log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                    f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+                t0 = clock()
+            if last:
+                if stop_after is not None:
+                    log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
+                break
 
-    ema, swa = EMA(base_model, args.ema_decay), SWA()
-    burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
-    qat_on = soft_round_on = False
-    local_tokens = args.train_batch_tokens // 8
-    step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
-    t0 = clock()
-    while True:
-        last = step == args.iterations or step == stop_after
-        if last or (args.val_loss_every and step % args.val_loss_every == 0):
-            rt.synchronize()
-            training_ms += 1000 * (clock() - t0)
-            val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
-            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
-            t0 = clock()
-        if last:
-            if stop_after is not None:
-                log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
-            break
+            scale = lr_scale(step, elapsed_ms, args)
+            if not qat_on and scale < args.late_qat_threshold:
+                qat_on = True
+                base_model.set_qat(True, soft_round_on, args.soft_round_tau)
+                log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
+            if qat_on and not soft_round_on and scale < args.soft_round_threshold:
+                soft_round_on = True
+                base_model.set_qat(True, True, args.soft_round_tau)
+                log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
+            set_lr_scale(optimizers, scale)
+            warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
+            optimizers[0].param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
 
-        scale = lr_scale(step, elapsed_ms, args)
-        if not qat_on and scale < args.late_qat_threshold:
-            qat_on = True
-            base_model.set_qat(True, soft_round_on, args.soft_round_tau)
-            log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
-        if qat_on and not soft_round_on and scale < args.soft_round_threshold:
-            soft_round_on = True
-            base_model.set_qat(True, True, args.soft_round_tau)
-            log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
-        set_lr_scale(optimizers, scale)
-        warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
-        optimizers[0].param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
+            batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
+            if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
+                burst.append((step, batches))
+            train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+            ema.update(base_model)
+            step += 1
+            if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
+                if swa.count == 0:
+                    log(f"swa:start step:{step}")
+                swa.add(base_model)
 
-        batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
-        if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
-            burst.append((step, batches))
-        train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-        ema.update(base_model)
-        step += 1
-        if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
-            if swa.count == 0:
-                log(f"swa:start step:{step}")
-            swa.add(base_model)
+            elapsed_ms = rt.agree_max(training_ms + 1000 * (clock() - t0))
+            if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
+                log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
+                    f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
+            if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
+                stop_after = step
 
-        elapsed_ms = rt.agree_max(training_ms + 1000 * (clock() - t0))
-        if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
-            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
-                f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
-        if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
-            stop_after = step
+        if rt.device.type == "cuda":
+            log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+                f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+        if burst:  # replay the last steps' batches at a tenth of the learning rates (§5)
+            log(f"ttt_burst:start steps:{len(burst)} epochs:{args.ttt_burst_epochs} "
+                f"first_step:{burst[0][0]} last_step:{burst[-1][0]}")
+            set_lr_scale(optimizers, args.ttt_burst_lr_factor)
+            for _ in range(args.ttt_burst_epochs):
+                for _, batches in burst:
+                    train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+                    ema.update(base_model)
+            log("ttt_burst:done")
 
-    if rt.device.type == "cuda":
-        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
-            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
-    if burst:  # replay the last steps' batches at a tenth of the learning rates (§5)
-        log(f"ttt_burst:start steps:{len(burst)} epochs:{args.ttt_burst_epochs} "
-            f"first_step:{burst[0][0]} last_step:{burst[-1][0]}")
-        set_lr_scale(optimizers, args.ttt_burst_lr_factor)
-        for _ in range(args.ttt_burst_epochs):
-            for _, batches in burst:
-                train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-                ema.update(base_model)
-        log("ttt_burst:done")
+        if args.weight_avg == "swa" and swa.count == 0:
+            log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
+        use_swa = args.weight_avg == "swa" and swa.count > 0
+        base_model.load_state_dict(swa.weights if use_swa else ema.weights)
+        log(f"weight_avg:{'swa snapshots:' + str(swa.count) if use_swa else 'ema decay:' + str(args.ema_decay)}")
+        base_model.set_qat(False, False, args.soft_round_tau)
+        t_eval = clock()
+        val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+        log(f"DIAGNOSTIC post_{'swa' if use_swa else 'ema'} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+            f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
 
-    if args.weight_avg == "swa" and swa.count == 0:
-        log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
-    use_swa = args.weight_avg == "swa" and swa.count > 0
-    base_model.load_state_dict(swa.weights if use_swa else ema.weights)
-    log(f"weight_avg:{'swa snapshots:' + str(swa.count) if use_swa else 'ema decay:' + str(args.ema_decay)}")
-    base_model.set_qat(False, False, args.soft_round_tau)
-    t_eval = clock()
-    val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
-    log(f"DIAGNOSTIC post_{'swa' if use_swa else 'ema'} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-        f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
+        if rt.is_main:  # the averaged weights: raw, and as the int6+zstd artifact (§6)
+            atomic_write(RAW_MODEL_PATH, serialize(base_model.state_dict()))
+            log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
+            log(f"Code size: {code_bytes()} bytes")
+            write_artifact(quantize_state_dict(base_model.state_dict()), artifact)
+        if rt.world_size > 1:
+            dist.barrier()
+
+    total_bytes = artifact.stat().st_size + code_bytes()
+    log(f"Serialized model int6+zstd: {artifact.stat().st_size} bytes")
+    log(f"Total submission size int6+zstd: {total_bytes} bytes")
+    over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
+    if total_bytes >= SUBMISSION_LIMIT_BYTES:
+        log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
+    evaluate_artifact(artifact, val_tokens, token_bytes, args, rt, log)
     if rt.world_size > 1:
         dist.destroy_process_group()
+    if total_bytes >= SUBMISSION_LIMIT_BYTES:
+        raise InputError(over_limit)
 
 
 if __name__ == "__main__":
