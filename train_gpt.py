@@ -146,8 +146,10 @@ class Hyperparameters:
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.defaults()}
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name, value=None):
         raise AttributeError("Hyperparameters are read-only: set the environment variable instead")
+
+    __delattr__ = __setattr__
 
     @property
     def head_dim(self) -> int:
@@ -327,7 +329,7 @@ def load_validation_tokens(files, seq_len: int) -> Tensor:
     """All val shards, truncated to a whole number of sequences plus one token."""
     tokens = np.concatenate([read_shard(f) for f in files])
     usable = (len(tokens) - 1) // seq_len * seq_len
-    if usable == 0:
+    if usable <= 0:
         raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
 
