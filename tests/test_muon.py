@@ -1,0 +1,196 @@
+"""Muon (SPEC §5): Nesterov momentum, Newton-Schulz orthogonalisation, shape scaling, decoupled weight
+decay; one orthogonalisation per matrix across ranks with shared updates; the optimiser groups."""
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import train_gpt as tg
+
+# several shapes, more than one matrix for most, rows > cols and rows < cols
+SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6), (16, 8), (8, 16), (20, 6), (5, 9)]
+LR, MOMENTUM, WD, STEPS = 0.05, 0.9, 0.04, 3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny batched matmuls on 2 OpenMP threads cost ~10 ms each here; on one, microseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_params():
+    g = torch.Generator().manual_seed(0)
+    return [nn.Parameter(torch.randn(shape, generator=g) * 0.1) for shape in SHAPES]
+
+
+def grads_for(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return [torch.randn(shape, generator=g) for shape in SHAPES]
+
+
+def run_muon(steps=STEPS):
+    params = make_params()
+    opt = tg.Muon(params, LR, MOMENTUM, 5, WD)
+    for step in range(steps):
+        for p, grad in zip(params, grads_for(step)):
+            p.grad = grad.clone()
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def _worker(rank, world_size, store_path, out_dir):
+    torch.set_num_threads(1)
+    orthogonalised = []  # matrices this rank orthogonalises
+    newton_schulz5 = tg.newton_schulz5
+
+    def counting(g, steps, *args, **kwargs):
+        orthogonalised.append(tuple(g.shape))
+        return newton_schulz5(g, steps, *args, **kwargs)
+
+    tg.newton_schulz5 = counting
+    store = dist.FileStore(store_path, world_size)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
+    try:
+        torch.save((run_muon(), orthogonalised), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    assert not dist.is_initialized()
+    run_muon(steps=1)  # the first optimizer step imports torch._dynamo: do it once, before forking
+    # fork: the children inherit the imported torch (a spawned child spends ~10 s importing it)
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True,
+                       start_method=method)
+    single = run_muon()
+    initial = make_params()
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    # each matrix orthogonalised once, by one rank, and the work is split
+    counts = [sum(shape[0] if len(shape) == 3 else 1 for shape in ortho) for _, ortho in results]
+    assert sum(counts) == STEPS * len(SHAPES), counts
+    assert all(c > 0 for c in counts), counts
+    for rank, (ranked, _) in enumerate(results):
+        assert len(ranked) == len(single)
+        for i, (a, b, p0) in enumerate(zip(ranked, single, initial)):
+            assert not torch.equal(a, p0.detach())  # every matrix was updated on every rank
+            assert torch.equal(a, b), f"rank {rank} param {i} {tuple(a.shape)}: max diff {(a - b).abs().max()}"
+
+
+# ----------------------------------------------------------------------------- reference
+
+def reference_newton_schulz(d, steps=5):
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = d.float() / (torch.linalg.matrix_norm(d.float(), ord="fro") + 1e-7)
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        A = x @ x.T
+        B = b * A + c * (A @ A)
+        x = a * x + B @ x
+    return x.T if tall else x
+
+
+def test_single_process_matches_reference():
+    params = make_params()
+    opt = tg.Muon(params, LR, MOMENTUM, 5, WD)
+    ref = [p.detach().clone() for p in params]
+    bufs = [torch.zeros(s) for s in SHAPES]
+    for step in range(STEPS):
+        grads = grads_for(step)
+        for p, grad in zip(params, grads):
+            p.grad = grad.clone()
+        opt.step()
+        for i, grad in enumerate(grads):
+            bufs[i] = MOMENTUM * bufs[i] + grad
+            direction = grad + MOMENTUM * bufs[i]
+            rows, cols = SHAPES[i]
+            update = reference_newton_schulz(direction) * math.sqrt(max(1.0, rows / cols))
+            ref[i] = ref[i] * (1 - LR * WD) - LR * update
+        for i, p in enumerate(params):
+            torch.testing.assert_close(p.detach(), ref[i], rtol=0, atol=1e-6, msg=f"step {step} param {i}")
+            torch.testing.assert_close(opt.state[p]["momentum_buffer"], bufs[i], rtol=0, atol=1e-6)
+
+
+def test_newton_schulz_orthogonalises_and_is_scale_free():
+    g = torch.Generator().manual_seed(1)
+    for shape in [(8, 16), (16, 8), (12, 12)]:
+        d = torch.randn(shape, generator=g)
+        out = tg.newton_schulz5(d, 5)
+        assert out.dtype == torch.float32  # fp32 on CPU
+        torch.testing.assert_close(out, reference_newton_schulz(d), rtol=0, atol=1e-6)
+        torch.testing.assert_close(tg.newton_schulz5(123.0 * d, 5), out, rtol=0, atol=1e-5)
+        # singular values are pushed towards ~1 (the quintic lands in roughly [0.7, 1.2])
+        sv = torch.linalg.svdvals(out)
+        assert sv.min() > 0.5 and sv.max() < 1.3, sv
+
+
+def test_update_scale_and_weight_decay_single_step():
+    """One step from zero momentum: p <- p (1 - lr wd) - lr (1 + mu) NS(g) sqrt(max(1, rows/cols)),
+    with NS scale-free so (1 + mu) drops out."""
+    for shape in [(20, 5), (5, 20)]:
+        p = nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(2)))
+        p0 = p.detach().clone()
+        grad = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+        p.grad = grad
+        opt = tg.Muon([p], 0.1, 0.5, 5, 0.2)
+        opt.step()
+        expected = p0 * (1 - 0.1 * 0.2) - 0.1 * reference_newton_schulz(grad) * math.sqrt(max(1, shape[0] / shape[1]))
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6)
+    # a zero gradient orthogonalises to zero: only the decoupled decay p <- p (1 - lr wd) acts
+    p = nn.Parameter(torch.ones(4, 4))
+    p.grad = torch.zeros(4, 4)
+    tg.Muon([p], 0.5, 0.9, 5, 0.1).step()
+    torch.testing.assert_close(p.detach(), torch.full((4, 4), 1 - 0.05), rtol=0, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- parameter groups
+
+def test_build_optimizers_groups():
+    args = tg.Hyperparameters(vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8,
+                              xsa_last_n=2, ve_layers=(2, 3), ve_dim=16, bigram_vocab_size=64, bigram_dim=16,
+                              train_seq_len=16, eval_seq_len=16, eval_stride=8, train_batch_tokens=128,
+                              ttt_chunk_tokens=256, matrix_lr=0.011, tied_embed_lr=0.022, scalar_lr=0.033,
+                              muon_wd=0.05, adam_wd=0.06, run_id="muon")
+    model = tg.build_model(args)
+    muon, adam = tg.build_optimizers(model, args)
+    assert isinstance(muon, tg.Muon) and isinstance(adam, torch.optim.AdamW)
+    names = {id(p): n for n, p in model.named_parameters()}
+
+    assert len(muon.param_groups) == 1
+    muon_group = muon.param_groups[0]
+    assert muon_group["lr"] == muon_group["base_lr"] == 0.011 and muon_group["weight_decay"] == 0.05
+    assert muon_group["momentum"] == args.muon_momentum_warmup_start
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, tg.CastedLinear)}
+    assert {id(p) for p in muon_group["params"]} == linear
+    muon_names = {names[id(p)] for p in muon_group["params"]}
+    assert {"bigram.proj.weight", "ve_shared.proj.weight", "blocks.0.attn.c_q.weight", "blocks.3.mlp.proj.weight"} <= muon_names
+    assert all(p.ndim == 2 for p in muon_group["params"])
+
+    assert len(adam.param_groups) == 2
+    tables, scalars = adam.param_groups
+    assert {names[id(p)] for p in tables["params"]} == {"tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"}
+    assert tables["lr"] == tables["base_lr"] == 0.022
+    assert scalars["lr"] == scalars["base_lr"] == 0.033
+    for group in adam.param_groups:
+        assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-8 and group["weight_decay"] == 0.06
+    scalar_names = {names[id(p)] for p in scalars["params"]}
+    expected = {"skip_weights", "smear.gate", "bigram.scale", "ve_shared.scale", "ve_layer_scales.0", "ve_layer_scales.1"}
+    for i in range(4):
+        expected |= {f"blocks.{i}.{n}" for n in ("attn_scale", "mlp_scale", "resid_mix", "attn.q_gain")}
+    assert scalar_names == expected
+
+    everything = [id(p) for opt in (muon, adam) for g in opt.param_groups for p in g["params"]]
+    assert len(everything) == len(set(everything)) == len(list(model.parameters()))
+    assert set(everything) == {id(p) for p in model.parameters()}
+
+    tg.set_lr_scale([muon, adam], 0.5)
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.0055)
+    assert [g["lr"] for g in adam.param_groups] == pytest.approx([0.011, 0.0165])

@@ -1,0 +1,202 @@
+"""Late QAT (SPEC §5, §10.1, §10.2): int6 fake quantisation of every CastedLinear in training mode,
+straight-through backward, then the soft-round surrogate; switches that really act inside compiled code."""
+import pytest
+import torch
+import torch._dynamo
+import torch._dynamo.testing
+
+import train_gpt as tg
+
+TAU = 0.1
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops: a second OpenMP thread only adds synchronisation (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_args(**overrides):
+    kw = dict(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, xsa_last_n=1,
+              ve_layers=(1,), ve_dim=16, bigram_vocab_size=64, bigram_dim=16, train_seq_len=16, eval_seq_len=16,
+              eval_stride=8, train_batch_tokens=128, ttt_chunk_tokens=256, seed=1234, compile="0", run_id="qat")
+    kw.update(overrides)
+    return tg.Hyperparameters(**kw)
+
+
+def tiny_model() -> tg.GPT:
+    """A toy GPT whose zero-initialised tensors are perturbed, so every weight gets a gradient."""
+    model = tg.build_model(tiny_args())
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, tg.CastedLinear) and module.zero_init:
+                module.weight.copy_(0.05 * torch.randn(module.weight.shape, generator=g))
+        model.bigram.embed.weight.copy_(0.05 * torch.randn(model.bigram.embed.weight.shape, generator=g))
+    return model
+
+
+def batch(seed=3, vocab=64, B=2, T=16):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T + 1), generator=g)
+    return ids[:, :-1], ids[:, 1:]
+
+
+def linear_weights(model):
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, tg.CastedLinear)}
+
+
+def loss_and_grads(fn, model, x, y):
+    model.zero_grad(set_to_none=True)
+    loss = fn(x, y)
+    loss.backward()
+    grads = {n: w.grad.detach().clone() for n, w in linear_weights(model).items()}
+    return loss.detach().clone(), grads
+
+
+MODES = [(False, False), (True, False), (True, True)]
+
+
+def run_modes(fn, model, x, y):
+    out = []
+    for enabled, soft in MODES:
+        model.set_qat(enabled, soft, TAU)
+        out.append(loss_and_grads(fn, model, x, y))
+    model.set_qat(False, False, TAU)
+    return out
+
+
+def grads_differ(a, b):
+    return any(not torch.equal(a[n], b[n]) for n in a)
+
+
+def test_switches_take_effect_in_compiled_model_without_recompiling():
+    """aot_eager traces forward and backward ahead of time (as inductor does), so a flag folded into
+    the graph as a constant, or a detached surrogate (§10.1, §10.2), would show here."""
+    torch._dynamo.reset()
+    model = tiny_model().train()
+    x, y = batch()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)  # fullgraph: a graph break raises
+    try:
+        compiled_results = run_modes(compiled, model, x, y)
+        assert counter.frame_count == 1, f"recompiled across QAT switches: {counter.frame_count} frames"
+        eager_results = run_modes(model, model, x, y)
+    finally:
+        torch._dynamo.reset()
+    (loss_off, g_off), (loss_ste, g_ste), (loss_soft, g_soft) = compiled_results
+    assert not torch.equal(loss_off, loss_ste), "the compiled forward ignored late QAT"
+    assert torch.equal(loss_ste, loss_soft), "soft-round must not change the forward value"
+    assert grads_differ(g_off, g_ste), "the compiled gradients did not change when QAT turned on"
+    assert grads_differ(g_ste, g_soft), "the compiled gradients did not change when soft-round turned on"
+    # every linear layer is affected by soft-round (its gradient is multiplied elementwise)
+    for name in g_ste:
+        assert not torch.allclose(g_ste[name], g_soft[name]), name
+    for (lc, gc), (le, ge) in zip(compiled_results, eager_results):
+        torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-6)
+        for name in gc:
+            torch.testing.assert_close(gc[name], ge[name], rtol=1e-4, atol=1e-7)
+
+
+def reference_int6(w):
+    s = torch.clamp(w.abs().amax(dim=1, keepdim=True) / 31, min=1 / 31)
+    return torch.clamp(torch.round(w / s), -31, 31) * s, s
+
+
+def mixed_weight():
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(6, 40, generator=g) * torch.tensor([3.0, 0.2, 1.7, 0.05, 10.0, 0.5])[:, None]
+    return w
+
+
+def qat(enabled, soft, tau=TAU):
+    return torch.tensor([float(enabled), float(soft), tau])
+
+
+def test_forward_is_per_row_int6():
+    w = mixed_weight()
+    ref, s = reference_int6(w)
+    assert (s > 1 / 31).any() and (s == 1 / 31).any()  # both branches of the scale clamp are exercised
+    for soft in (False, True):
+        out = tg.fake_quant_int6(w, qat(True, soft))
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        assert not torch.allclose(out, w)
+    # each output is an integer multiple of its row scale, within [-31, 31]
+    q = tg.fake_quant_int6(w, qat(True, False)) / s
+    torch.testing.assert_close(q, q.round(), rtol=0, atol=1e-4)
+    assert q.abs().max() <= 31 + 1e-4
+    # disabled: the identity
+    assert torch.equal(tg.fake_quant_int6(w, qat(False, False)), w)
+    assert torch.equal(tg.fake_quant_int6(w, qat(False, True)), w)
+
+
+def grad_of(w, q, G):
+    w = w.clone().requires_grad_(True)
+    (tg.fake_quant_int6(w, q) * G).sum().backward()
+    return w.grad
+
+
+def test_straight_through_gradient_is_identity():
+    w = mixed_weight()
+    G = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(grad_of(w, qat(True, False), G), G)
+
+
+def test_soft_round_gradient_matches_surrogate():
+    w = mixed_weight()
+    G = torch.randn(w.shape, generator=torch.Generator().manual_seed(5))
+    got = grad_of(w, qat(True, True, TAU), G)
+
+    # independent reference: autograd through the explicit surrogate, s detached
+    wr = w.clone().requires_grad_(True)
+    s = torch.clamp(wr.detach().abs().amax(dim=1, keepdim=True) / 31, min=1 / 31)
+    u = wr / s
+    fl = torch.floor(u.detach())
+    surrogate = s * torch.clamp(fl + torch.sigmoid((u - fl - 0.5) / TAU), -31, 31)
+    (surrogate * G).sum().backward()
+    torch.testing.assert_close(got, wr.grad, rtol=1e-5, atol=1e-6)
+
+    assert not torch.allclose(got, G), "soft-round gradient equals the STE gradient"
+
+    # closed form: G * sigma'((f - 0.5)/tau) / tau where the clamp is inactive, 0 where it is active
+    u = (w / s)
+    f = u - torch.floor(u)
+    z = (f - 0.5) / TAU
+    sig = torch.sigmoid(z)
+    expected = G * sig * (1 - sig) / TAU
+    clamp_active = (torch.floor(u) + sig) > 31
+    assert clamp_active.any()  # the row maxima (u = 31) sit in the clamp
+    torch.testing.assert_close(got[~clamp_active], expected[~clamp_active], rtol=1e-4, atol=1e-6)
+    assert torch.all(got[clamp_active] == 0)
+
+
+def test_tau_is_read_from_the_buffer():
+    w = mixed_weight()
+    G = torch.ones_like(w)
+    assert not torch.allclose(grad_of(w, qat(True, True, 0.1), G), grad_of(w, qat(True, True, 0.3), G))
+
+
+def test_eval_mode_ignores_qat_and_buffers_not_saved():
+    model = tiny_model()
+    x, _ = batch()
+    model.eval()
+    with torch.no_grad():
+        off = model.forward_logits(x)
+        model.set_qat(True, True, TAU)
+        for m in model.modules():
+            if isinstance(m, tg.CastedLinear):
+                assert m.qat.tolist() == pytest.approx([1.0, 1.0, TAU])
+        on = model.forward_logits(x)
+        assert torch.equal(off, on)
+        model.train()
+        on_train = model.forward_logits(x)
+        assert not torch.allclose(on_train, off)  # the same weights in training mode do quantise
+    assert not any(k.endswith("qat") for k in model.state_dict())
+    assert any(name.endswith("qat") for name, _ in model.named_buffers())
+    model.set_qat(False, False, TAU)
+    for m in model.modules():
+        if isinstance(m, tg.CastedLinear):
+            assert m.qat[:2].tolist() == [0.0, 0.0]
