@@ -1,0 +1,141 @@
+"""End-to-end runs on CPU: torchrun with 2 gloo processes against one process on the same tiny
+configuration (SPEC §2: same data order, same result up to float noise), and scripts/smoke.sh in a
+copy of the repository.
+
+Tolerances of the 2-process vs 1-process comparison, measured on this configuration (seeds 1337, 42
+and 7; 12, 20 and 30 iterations): the DIAGNOSTIC val_bpb (4 decimals) was identical every time, and
+the 8-decimal `*_exact` val_bpb of the final evaluations differed by at most 6e-7. Both runs consume
+the same 8 x (64 + 1) tokens per step; only the order of the gradient sums differs (8 accumulated
+micro-batches vs 4 per rank plus an all-reduce mean), and the rank-split evaluations sum the same
+float64 NLL and byte counts in another order. So:
+  - DIAGNOSTIC: |diff| <= 1.5e-4 -- one unit of the printed 4th decimal (a true difference of ~1e-6
+    can straddle a rounding boundary) plus slack;
+  - `*_exact` lines: |diff| <= 2e-5 -- about 30x the largest difference measured.
+A broken data split is far outside these: with both ranks reading the same slice, the 2-process
+DIAGNOSTIC val_bpb was 4.1012 against 3.9966 for one process (measured on a mutated copy).
+"""
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_CONFIG, TINY_VOCAB, run_script
+
+import train_gpt
+
+DIAG_TOL = 1.5e-4
+EXACT_TOL = 2e-5
+DDP_ITERATIONS = 12  # TINY_CONFIG's; WARMDOWN_ITERS=6 so the run also goes through late QAT, SWA and the burst
+
+DIAG_RE = re.compile(r"^DIAGNOSTIC post_(ema|swa) val_loss:([\d.]+) val_bpb:([\d.]+)", re.M)
+EXACT_RE = re.compile(r"^(\w+)_exact val_loss:([\d.]+) val_bpb:([\d.]+)$", re.M)
+
+
+def torchrun_cmd() -> list[str]:
+    exe = shutil.which("torchrun")
+    return [exe] if exe else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def clean_env(**overrides) -> dict:
+    """os.environ without any hyperparameter or torchrun variable, plus overrides."""
+    drop = {name.upper() for name in train_gpt.Hyperparameters.defaults()}
+    drop |= {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "NPROC"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` = this interpreter
+    env.update(overrides)
+    return env
+
+
+def run_log(cwd: Path, run_id: str) -> str:
+    path = cwd / "logs" / f"{run_id}.txt"
+    assert path.is_file(), f"no log {path}"
+    return path.read_text(encoding="utf-8")
+
+
+def run_part(log: str) -> str:
+    """The log after the embedded source and versions (SPEC §8: the source comes first)."""
+    i = log.find("\nhyperparameters:")
+    assert i >= 0, log[-2000:]
+    return log[i + 1:]
+
+
+def diagnostic_bpb(log: str) -> float:
+    found = DIAG_RE.findall(log)
+    assert len(found) == 1, found
+    return float(found[0][2])
+
+
+@pytest.fixture(scope="module")
+def ddp_and_single(tiny_data, tmp_path_factory):
+    """The tiny configuration run once under torchrun (2 gloo processes) and once as one process."""
+    base = dict(TINY_CONFIG, DATA_PATH=str(tiny_data), TOKENIZER_PATH=str(tiny_data / f"sample_{TINY_VOCAB}_bpe.model"),
+                OMP_NUM_THREADS="1", ITERATIONS=str(DDP_ITERATIONS))
+    runs = {}
+    for run_id, cmd in (("ddp", torchrun_cmd() + ["--standalone", "--nproc_per_node=2"]), ("single", [sys.executable])):
+        cwd = tmp_path_factory.mktemp(run_id)
+        result = run_script(cmd + [str(REPO / "train_gpt.py")], dict(base, RUN_ID=run_id), cwd=cwd, timeout=240)
+        assert result.returncode == 0, f"{run_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        runs[run_id] = (result, run_part(run_log(cwd, run_id)))
+    return runs
+
+
+def test_torchrun_two_processes_completes(ddp_and_single):
+    result, log = ddp_and_single["ddp"]
+    assert "Traceback" not in result.stderr
+    assert re.findall(r"^world_size:\d+ grad_accum_steps:\d+$", log, re.M) == ["world_size:2 grad_accum_steps:4"]
+    steps = [int(s) for s in re.findall(rf"^step:(\d+)/{DDP_ITERATIONS} train_loss:[\d.]+ train_time:\d+ms", log, re.M)]
+    assert steps == list(range(1, DDP_ITERATIONS + 1))  # TRAIN_LOG_EVERY=1, and rank 0 alone writes the log
+    assert re.search(rf"^step:{DDP_ITERATIONS}/{DDP_ITERATIONS} val_loss:[\d.]+ val_bpb:[\d.]+", log, re.M)
+    diag = DIAG_RE.search(log)
+    assert diag and diag.start() > log.rfind("train_loss:"), "the DIAGNOSTIC line comes after training"
+    assert 0 < diagnostic_bpb(log) < 8.5  # finite and plausible (the untrained model scores ~4.7 here)
+
+
+def test_single_process_log_format(ddp_and_single):
+    _, log = ddp_and_single["single"]
+    assert re.findall(r"^world_size:\d+ grad_accum_steps:\d+$", log, re.M) == ["world_size:1 grad_accum_steps:8"]
+
+
+def test_two_processes_match_one_process(ddp_and_single):
+    (_, ddp), (_, single) = ddp_and_single["ddp"], ddp_and_single["single"]
+    assert abs(diagnostic_bpb(ddp) - diagnostic_bpb(single)) <= DIAG_TOL, (DIAG_RE.search(ddp)[0], DIAG_RE.search(single)[0])
+    # The step-N evaluation (before weight averaging) agrees too.
+    final_val = rf"^step:{DDP_ITERATIONS}/{DDP_ITERATIONS} val_loss:[\d.]+ val_bpb:([\d.]+)"
+    assert abs(float(re.search(final_val, ddp, re.M)[1]) - float(re.search(final_val, single, re.M)[1])) <= DIAG_TOL
+    # Every final evaluation the one-process run reports (roundtrip, sliding window, TTT), the
+    # two-process run reports with the same bpb.
+    exact_single = {name: float(bpb) for name, _, bpb in EXACT_RE.findall(single)}
+    exact_ddp = {name: float(bpb) for name, _, bpb in EXACT_RE.findall(ddp)}
+    assert exact_ddp.keys() == exact_single.keys()
+    for name, bpb in exact_single.items():
+        assert abs(exact_ddp[name] - bpb) <= EXACT_TOL, (name, exact_ddp[name], bpb)
+
+
+def test_smoke_script_in_a_copy_of_the_repo(tmp_path):
+    """scripts/smoke.sh builds the sample into the copy's data/sample and trains on it; the model
+    learns something (post-EMA bpb below the step-0 bpb).
+
+    TTT_ENABLED=0 besides the brief's overrides: with the smoke configuration (11 blocks, 48k
+    validation tokens, TTT_CHUNK_TOKENS=4096) the score-first TTT evaluation alone costs minutes of
+    CPU; it is exercised by the tiny 2-process test above."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    shutil.copy2(REPO / "train_gpt.py", repo / "train_gpt.py")
+    shutil.copy2(REPO / "data" / "make_sample.py", repo / "data" / "make_sample.py")
+    shutil.copytree(REPO / "scripts", repo / "scripts")
+    env = clean_env(ITERATIONS="6", WARMDOWN_ITERS="3", VAL_LOSS_EVERY="6", RUN_ID="smoketest", TTT_ENABLED="0")
+    result = run_script(["bash", "scripts/smoke.sh"], env, cwd=repo, timeout=300)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert sorted(p.name for p in (repo / "data" / "sample").iterdir()) == sorted(
+        ["sample_1024_bpe.model", "fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"])
+    log = run_part(run_log(repo, "smoketest"))
+    assert '"data_path": "data/sample"' in log and '"num_layers": 11' in log  # smoke.env was applied
+    step0 = re.search(r"^step:0/6 val_loss:([\d.]+) val_bpb:([\d.]+)", log, re.M)
+    assert step0, log[-3000:]
+    assert re.search(r"^step:6/6 val_loss:", log, re.M)
+    post_ema = diagnostic_bpb(log)
+    assert DIAG_RE.search(log)[1] == "ema"
+    assert post_ema < float(step0[2]), (post_ema, step0[0])
