@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -21,6 +22,16 @@ def load_tool(relative_path: str, name: str):
 
 
 TINY_VOCAB = 512
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Speed only: the tests' tiny matmuls are far faster on one OpenMP thread than on two, which
+    mostly synchronise (and stall badly when the 2-core machine is busy)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # A model of the record's topology at toy size: 4 blocks (2 encoder, 2 decoder), XSA on the last 2,
 # value embeddings on blocks 2 and 3, bigram hash, smear gate, partial RoPE, GQA 2:1.

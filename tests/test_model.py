@@ -44,18 +44,8 @@ def perturbed(model: GPT, seed: int = 0, scale: float = 0.2) -> GPT:
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Speed only: on a busy 2-core machine, 2 intra-op threads make the default model's QR init and
-    forward 10-30x slower than 1 thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def default_model(one_thread):
+def default_model():
     args = make_args()
     return args, build_model(args)
 

@@ -15,15 +15,6 @@ SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6), (16, 8), (8, 16), (20, 6
 LR, MOMENTUM, WD, STEPS = 0.05, 0.9, 0.04, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batched matmuls on 2 OpenMP threads cost ~10 ms each here; on one, microseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_params():
     g = torch.Generator().manual_seed(0)
     return [nn.Parameter(torch.randn(shape, generator=g) * 0.1) for shape in SHAPES]

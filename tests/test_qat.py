@@ -10,15 +10,6 @@ import train_gpt as tg
 TAU = 0.1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: a second OpenMP thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_args(**overrides):
     kw = dict(vocab_size=64, num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, xsa_last_n=1,
               ve_layers=(1,), ve_dim=16, bigram_vocab_size=64, bigram_dim=16, train_seq_len=16, eval_seq_len=16,

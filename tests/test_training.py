@@ -12,16 +12,6 @@ import train_gpt as tg
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The toy model's ops are tiny: a second OpenMP thread only adds synchronisation, and on a busy
-    2-core machine it can slow a step down many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ----------------------------------------------------------------------------- lr_scale
 
 def hp(**kw):
