@@ -1,0 +1,40 @@
+"""The README stays in sync with the code: every hyperparameter in its table with its default,
+and .ci/run runs the README's test command."""
+import re
+
+from conftest import REPO
+import train_gpt
+
+
+def readme_table() -> dict[str, str]:
+    rows = re.findall(r"^\| ([A-Z0-9_]+) \| ([^|]*) \|", (REPO / "README.md").read_text(), flags=re.M)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_every_hyperparameter_is_documented_with_its_default():
+    table = readme_table()
+    for name, default in train_gpt.Hyperparameters.defaults().items():
+        env = name.upper()
+        assert env in table, f"{env} missing from the README table"
+        if env == "RUN_ID":
+            continue  # documented as a random uuid
+        documented = table[env]
+        if isinstance(default, bool):
+            assert documented == str(int(default)), env
+        elif isinstance(default, tuple):
+            assert documented == ",".join(map(str, default)), env
+        elif isinstance(default, (int, float)):
+            assert float(documented) == float(default), env
+        else:
+            assert documented == (default or "(empty)"), env
+    assert set(table) == {n.upper() for n in train_gpt.Hyperparameters.defaults()}, "README documents unknown variables"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = "python -m pytest -q"
+    assert command in readme
+    assert ci.strip().splitlines()[-1] == command
+    assert "pip install -q -r requirements.txt" in ci
+    assert re.search(r"^torch==\d", (REPO / "requirements.txt").read_text(), flags=re.M), "torch must be pinned"
