@@ -182,6 +182,7 @@ class Hyperparameters:
         need(self.num_heads % self.num_kv_heads == 0, f"NUM_HEADS={self.num_heads} must be a multiple of NUM_KV_HEADS={self.num_kv_heads}")
         need(self.rope_dims % 2 == 0 and 4 <= self.rope_dims <= self.head_dim,
              f"ROPE_DIMS must be even and in [4, head dim {self.head_dim}], got {self.rope_dims}")
+        need(self.ttt_freeze_blocks <= self.num_layers, f"TTT_FREEZE_BLOCKS={self.ttt_freeze_blocks} exceeds NUM_LAYERS={self.num_layers}")
         need(self.xsa_last_n <= self.num_layers, f"XSA_LAST_N={self.xsa_last_n} exceeds NUM_LAYERS={self.num_layers}")
         need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
                                      and all(0 <= i < self.num_layers for i in self.ve_layers)),

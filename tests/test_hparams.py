@@ -185,6 +185,9 @@ INVALID = [
     ("TIE_EMBEDDINGS", "0"),
     ("RUN_ID", "a/b"),
     ("RUN_ID", "../escape"),
+    ("TTT_FREEZE_BLOCKS", "12"),  # only 11 blocks
+    ("EVAL_STRIDE", "48"),  # must divide EVAL_SEQ_LEN 2048
+    ("TTT_CHUNK_TOKENS", "3000"),  # not a multiple of EVAL_SEQ_LEN
 ]
 
 
