@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The record's three seeds, one training run after another (8 GPUs each by default):
+#   bash scripts/run_seeds.sh                          # seeds 1337 42 7, RUN_ID record_seed<SEED>
+#   SEEDS="42 7" RUN_PREFIX=try2 NPROC=8 bash scripts/run_seeds.sh
+# Each run writes logs/<RUN_ID>.txt; its final_model.int6.ptz is copied to logs/<RUN_ID>.int6.ptz
+# before the next seed overwrites it. Stops at the first failing run. Any other hyperparameter is
+# passed through from the environment (the same for every seed). Ends by printing the command that
+# summarises the logs (scripts/summarize_logs.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEEDS="${SEEDS-1337 42 7}"  # set but empty is an error, not the default
+NPROC="${NPROC:-8}"
+RUN_PREFIX="${RUN_PREFIX:-record}"
+read -r -a seeds <<< "$SEEDS"
+if (( ${#seeds[@]} == 0 )); then
+  echo "error: SEEDS is empty" >&2; exit 1
+fi
+if [[ -n "${EVAL_ARTIFACT:-}" ]]; then
+  echo "error: EVAL_ARTIFACT is set ($EVAL_ARTIFACT): run_seeds.sh trains; unset it" >&2; exit 1
+fi
+declare -A seen=()
+for seed in "${seeds[@]}"; do
+  if ! [[ "$seed" =~ ^[0-9]+$ ]]; then
+    echo "error: SEEDS must be non-negative integers, got '$seed'" >&2; exit 1
+  fi
+  if [[ -n "${seen[$seed]:-}" ]]; then
+    echo "error: seed $seed appears twice in SEEDS" >&2; exit 1
+  fi
+  seen[$seed]=1
+  if [[ -e "logs/${RUN_PREFIX}_seed${seed}.txt" ]]; then
+    echo "error: logs/${RUN_PREFIX}_seed${seed}.txt exists; choose another RUN_PREFIX or move it away" >&2; exit 1
+  fi
+done
+mkdir -p logs
+logs=()
+for seed in "${seeds[@]}"; do
+  run_id="${RUN_PREFIX}_seed${seed}"
+  echo "=== seed ${seed}: RUN_ID=${run_id}, ${NPROC} processes"
+  SEED="$seed" RUN_ID="$run_id" torchrun --standalone --nproc_per_node="$NPROC" train_gpt.py
+  if [[ ! -f "logs/${run_id}.txt" || ! -f final_model.int6.ptz ]]; then
+    echo "error: run ${run_id} left no logs/${run_id}.txt or final_model.int6.ptz" >&2; exit 1
+  fi
+  cp final_model.int6.ptz "logs/${run_id}.int6.ptz"
+  logs+=("logs/${run_id}.txt")
+  echo "=== seed ${seed} done: logs/${run_id}.txt, logs/${run_id}.int6.ptz"
+done
+echo
+echo "All ${#seeds[@]} seeds done. Summarise them, test against the record and write submission.json:"
+echo "  python scripts/summarize_logs.py ${logs[*]} --record-val-loss 1.88731 \\"
+echo "      --submission submission.json --author 'NAME' --github-id 'ID' --name 'RUN NAME' --blurb 'TEXT'"
