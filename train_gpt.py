@@ -264,9 +264,12 @@ def shard_token_count(path) -> int:
     return int(count)
 
 
-def read_shard(path) -> np.ndarray:
-    count = shard_token_count(path)
-    return np.fromfile(path, dtype="<u2", count=count, offset=SHARD_HEADER_BYTES)
+def read_shard(path, vocab_size: int = 65536) -> np.ndarray:
+    """A shard's tokens, each checked to be a valid id below vocab_size."""
+    tokens = np.fromfile(path, dtype="<u2", count=shard_token_count(path), offset=SHARD_HEADER_BYTES)
+    if tokens.size and tokens.max() >= vocab_size:
+        raise InputError(f"shard {path} holds token id {tokens.max()}, not below VOCAB_SIZE={vocab_size} (another tokenizer?)")
+    return tokens
 
 
 def list_shards(data_path, split: str) -> list[Path]:
@@ -286,16 +289,16 @@ def list_shards(data_path, split: str) -> list[Path]:
 class TokenStream:
     """The shards as one endless stream of tokens, in file order, wrapping around."""
 
-    def __init__(self, files):
-        self.files = list(files)
-        self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0])
+    def __init__(self, files, vocab_size: int = 65536):
+        self.files, self.vocab_size = list(files), vocab_size
+        self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0], vocab_size)
 
     def state(self) -> tuple[int, int]:
         return self.file_idx, self.pos
 
     def restore(self, state: tuple[int, int]):
         if state[0] != self.file_idx:
-            self.tokens = read_shard(self.files[state[0]])
+            self.tokens = read_shard(self.files[state[0]], self.vocab_size)
         self.file_idx, self.pos = state
 
     def take(self, n: int) -> np.ndarray:
@@ -303,7 +306,7 @@ class TokenStream:
         while n > 0:
             if self.pos == len(self.tokens):
                 self.file_idx = (self.file_idx + 1) % len(self.files)
-                self.tokens, self.pos = read_shard(self.files[self.file_idx]), 0
+                self.tokens, self.pos = read_shard(self.files[self.file_idx], self.vocab_size), 0
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
             self.pos, n = self.pos + k, n - k
@@ -314,8 +317,8 @@ class DistributedTokenLoader:
     """Each micro-step takes world_size x (local_tokens + 1) consecutive tokens; rank r uses the
     r-th slice, inputs = slice[:-1] and targets = slice[1:], as (-1, seq_len)."""
 
-    def __init__(self, files, rank: int, world_size: int, device: torch.device):
-        self.stream, self.rank, self.world_size, self.device = TokenStream(files), rank, world_size, device
+    def __init__(self, files, rank: int, world_size: int, device: torch.device, vocab_size: int = 65536):
+        self.stream, self.rank, self.world_size, self.device = TokenStream(files, vocab_size), rank, world_size, device
 
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
         span = local_tokens + 1
@@ -326,9 +329,9 @@ class DistributedTokenLoader:
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
 
 
-def load_validation_tokens(files, seq_len: int) -> Tensor:
+def load_validation_tokens(files, seq_len: int, vocab_size: int = 65536) -> Tensor:
     """All val shards, truncated to a whole number of sequences plus one token."""
-    tokens = np.concatenate([read_shard(f) for f in files])
+    tokens = np.concatenate([read_shard(f, vocab_size) for f in files])
     usable = (len(tokens) - 1) // seq_len * seq_len
     if usable <= 0:
         raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
@@ -1128,8 +1131,7 @@ class Logger:
         self.file = None
         if enabled:
             Path("logs").mkdir(exist_ok=True)
-            self.path = Path("logs") / f"{run_id}.txt"
-            self.file = open(self.path, "w", buffering=1, encoding="utf-8")
+            self.file = open(Path("logs") / f"{run_id}.txt", "w", buffering=1, encoding="utf-8")
 
     def __call__(self, message: str, console: bool = True):
         if self.file is not None:
@@ -1156,7 +1158,8 @@ def main(clock=time.perf_counter):
     log_environment(log)
     log("hyperparameters: " + json.dumps(args.as_dict()))
     token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size))
-    val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len))
+    val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len),
+                                        args.vocab_size)
     log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
         f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
     artifact = Path(args.eval_artifact) if args.eval_artifact else ARTIFACT_PATH
@@ -1165,7 +1168,8 @@ def main(clock=time.perf_counter):
             raise InputError(f"EVAL_ARTIFACT {artifact} does not exist")
         log(f"eval_artifact:{artifact}")
     else:
-        loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
+        loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
+                                        args.vocab_size)
         base_model = place_model(build_model(args), rt.device)
         model = base_model
         if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
@@ -1244,7 +1248,8 @@ def main(clock=time.perf_counter):
         if args.weight_avg == "swa" and swa.count == 0:
             log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
         use_swa = args.weight_avg == "swa" and swa.count > 0
-        base_model.load_state_dict(swa.weights if use_swa else ema.weights)
+        averaged = swa.weights if use_swa else ema.weights  # fp32: saved and quantised as they are
+        base_model.load_state_dict(averaged)
         log(f"weight_avg:{'swa snapshots:' + str(swa.count) if use_swa else 'ema decay:' + str(args.ema_decay)}")
         base_model.set_qat(False, False, args.soft_round_tau)
         t_eval = clock()
@@ -1253,15 +1258,16 @@ def main(clock=time.perf_counter):
             f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
 
         if rt.is_main:  # the averaged weights: raw, and as the int6+zstd artifact (§6)
-            atomic_write(RAW_MODEL_PATH, serialize(base_model.state_dict()))
+            atomic_write(RAW_MODEL_PATH, serialize(averaged))
             log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
             log(f"Code size: {code_bytes()} bytes")
-            write_artifact(quantize_state_dict(base_model.state_dict()), artifact)
+            write_artifact(quantize_state_dict(averaged), artifact)
         if rt.world_size > 1:
             dist.barrier()
 
-    total_bytes = artifact.stat().st_size + code_bytes()
-    log(f"Serialized model int6+zstd: {artifact.stat().st_size} bytes")
+    model_bytes = artifact.stat().st_size
+    total_bytes = model_bytes + code_bytes()
+    log(f"Serialized model int6+zstd: {model_bytes} bytes")
     log(f"Total submission size int6+zstd: {total_bytes} bytes")
     over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
     if total_bytes >= SUBMISSION_LIMIT_BYTES:

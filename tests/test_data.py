@@ -288,3 +288,16 @@ def test_sample_data_shards_are_valid(tiny_data):
     assert len(val) == 1
     tokens = load_validation_tokens(val, 32)
     assert (len(tokens) - 1) % 32 == 0 and int(tokens[0]) == 1  # documents start with BOS
+
+
+def test_token_ids_beyond_the_vocabulary_are_a_clear_error(tmp_path):
+    """Shards made with another tokenizer: an InputError naming the file, not an index error later."""
+    path = tmp_path / "fineweb_val_000000.bin"
+    write_shard(path, [1, 5, 700, 3])
+    assert list(read_shard(path, vocab_size=701)) == [1, 5, 700, 3]
+    with pytest.raises(InputError, match=r"fineweb_val_000000\.bin.*700.*VOCAB_SIZE=512"):
+        read_shard(path, vocab_size=512)
+    with pytest.raises(InputError, match="VOCAB_SIZE=512"):
+        load_validation_tokens([path], 2, vocab_size=512)
+    with pytest.raises(InputError, match="VOCAB_SIZE=512"):
+        TokenStream([path], vocab_size=512)
