@@ -806,9 +806,10 @@ def train_step(model: nn.Module, batches, optimizers, grad_clip: float, rt: Runt
     total = torch.zeros((), device=rt.device)
     for i, (x, y) in enumerate(batches):
         last = i == len(batches) - 1
-        with (nullcontext() if last or not isinstance(model, DDP) else model.no_sync()), rt.autocast():
-            loss = model(x, y)
-        (loss / len(batches)).backward()
+        with nullcontext() if last or not isinstance(model, DDP) else model.no_sync():  # sync once, at the end
+            with rt.autocast():
+                loss = model(x, y)
+            (loss / len(batches)).backward()
         total += loss.detach()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
