@@ -313,6 +313,11 @@ class TokenStream:
         return np.concatenate(parts)
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on the device, copied without waiting (pinned, non-blocking) on CUDA."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 class DistributedTokenLoader:
     """Each micro-step takes world_size x (local_tokens + 1) consecutive tokens; rank r uses the
     r-th slice, inputs = slice[:-1] and targets = slice[1:], as (-1, seq_len)."""
@@ -323,9 +328,7 @@ class DistributedTokenLoader:
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
-        local = torch.from_numpy(chunk.astype(np.int64))
-        if self.device.type == "cuda":
-            local = local.pin_memory().to(self.device, non_blocking=True)
+        local = to_device(torch.from_numpy(chunk.astype(np.int64)), self.device)
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
 
 
@@ -389,8 +392,9 @@ class BpbMeter:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
 
     def add(self, nll: Tensor, prev: Tensor, target: Tensor):
-        nbytes = self.token_bytes.count(prev, target).sum()
-        self.sums += torch.stack([nll.double().sum(), nbytes.new_tensor(nll.numel()), nbytes])
+        self.sums[0] += nll.double().sum()
+        self.sums[1] += nll.numel()  # a Python number: no copy to the device
+        self.sums[2] += self.token_bytes.count(prev, target).sum()
 
     def result(self) -> tuple[float, float]:
         """(val_loss, val_bpb) summed over every rank."""
@@ -623,6 +627,10 @@ class GPT(nn.Module):
 
     def forward_logits(self, ids: Tensor) -> Tensor:
         """Soft-capped logits (B, T, V) in float32."""
+        return self.head(self.hidden(ids))
+
+    def hidden(self, ids: Tensor) -> Tensor:
+        """The last block's output (B, T, D)."""
         x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(ids)))
         x0, skips = x, []
         ve = self.ve_shared(ids) if self.ve_index else None
@@ -633,12 +641,20 @@ class GPT(nn.Module):
             x = block(x, x0, None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype))
             if i < self.num_encoder:
                 skips.append(x)
+        return x
+
+    def head(self, x: Tensor) -> Tensor:
+        """Soft-capped logits in float32 through the tied embedding."""
         logits = F.linear(rms_norm(x), self.tok_emb.weight.to(x.dtype)).float()
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
-    def forward(self, ids: Tensor, targets: Tensor) -> Tensor:
-        """Mean cross-entropy of the targets."""
-        return F.cross_entropy(self.forward_logits(ids).flatten(0, 1), targets.flatten())
+    def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
+        """Cross-entropy of the targets (ignoring those set to -100): their mean or sum, or with
+        reduction="none" the NLL of each target, shaped like targets. Targets may be those of the
+        last positions only (as the sliding evaluation scores): the head then runs on those alone."""
+        logits = self.head(self.hidden(ids)[:, ids.size(1) - targets.size(1):])
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+        return nll.view_as(targets) if reduction == "none" else nll
 
 
 def build_model(args: Hyperparameters) -> GPT:
@@ -655,6 +671,14 @@ def place_model(model: GPT, device: torch.device) -> GPT:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
                 module.bfloat16()
+    return model
+
+
+def compile_model(model: GPT, args: Hyperparameters, device: torch.device) -> GPT:
+    """Compiles the model in place where COMPILE says so (auto: on CUDA): every forward, training,
+    evaluation and TTT, runs compiled. Static shapes: the evaluations pad their batches."""
+    if args.compile == "1" or (args.compile == "auto" and device.type == "cuda"):
+        model.compile(dynamic=False, fullgraph=True)
     return model
 
 
@@ -977,11 +1001,6 @@ def code_bytes() -> int:
 
 # ----------------------------------------------------------------------------- evaluation (§7)
 
-def token_nll(model: GPT, x: Tensor, y: Tensor) -> Tensor:
-    """NLL in nats of every target, shaped like y."""
-    return F.cross_entropy(model.forward_logits(x).flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-
-
 def rank_share(n: int, rt: Runtime) -> slice:
     """This rank's contiguous share of n items."""
     return slice(n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size)
@@ -997,19 +1016,28 @@ def sliding_windows(n_targets: int, seq_len: int, stride: int) -> tuple[Tensor, 
 
 @torch.inference_mode()
 def score_windows(model: GPT, val_tokens: Tensor, starts: Tensor, score_from: Tensor, seq_len: int,
-                  meter: BpbMeter, batch: int, rt: Runtime):
+                  meter: BpbMeter, batch: int, rt: Runtime, stride: int | None = None):
     """Adds to `meter` the NLL and bytes of the targets at positions >= score_from of each window
-    val_tokens[start : start + seq_len + 1]; windows are gathered `batch` at a time."""
+    val_tokens[start : start + seq_len + 1] (val_tokens on the device). Windows go `batch` at a
+    time, the last batch padded with windows that score nothing (one shape for the compiled
+    forward); the scored positions are worked out on the host, so no batch waits for the device.
+    With a stride, a batch whose windows score only their last `stride` targets (all but the first
+    sliding window) runs the output head on those positions alone."""
     was_training = model.training
     model.eval()
-    offsets = torch.arange(seq_len + 1)
+    offsets = torch.arange(seq_len + 1, device=rt.device)
     for i in range(0, len(starts), batch):
-        windows = val_tokens[starts[i:i + batch, None] + offsets].to(rt.device, torch.int64)
-        x, y = windows[:, :-1], windows[:, 1:]
-        scored = (offsets[:-1] >= score_from[i:i + batch, None]).to(rt.device)
+        pad = batch - len(starts[i:i + batch])
+        first = to_device(F.pad(starts[i:i + batch], (0, pad)), rt.device)
+        score_first = F.pad(score_from[i:i + batch], (0, pad), value=seq_len)
+        tail = stride if stride and score_first.min() >= seq_len - stride else seq_len
+        scored = torch.arange(seq_len - tail, seq_len) >= score_first[:, None]
+        scored = to_device(scored.flatten().nonzero().squeeze(1), rt.device)
+        windows = val_tokens[first[:, None] + offsets].long()
+        x, y = windows[:, :-1], windows[:, -tail:]
         with rt.autocast():
-            nll = token_nll(model, x, y)
-        meter.add(nll[scored], x[scored], y[scored])
+            nll = model(x, y, reduction="none")
+        meter.add(*(t.flatten()[scored] for t in (nll, x[:, -tail:], y)))
     model.train(was_training)
 
 
@@ -1026,8 +1054,8 @@ def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hype
         starts, score_from = sliding_windows(n_targets, seq_len, stride)
     mine = rank_share(len(starts), rt)
     meter = BpbMeter(token_bytes, rt.device)
-    score_windows(model, val_tokens, starts[mine], score_from[mine], seq_len, meter,
-                  max(1, args.val_batch_size // (rt.world_size * seq_len)), rt)
+    score_windows(model, val_tokens.to(rt.device), starts[mine], score_from[mine], seq_len, meter,
+                  max(1, args.val_batch_size // (rt.world_size * seq_len)), rt, stride)
     return meter.result()
 
 
@@ -1043,20 +1071,25 @@ def average_gradients(params: list[Tensor], rt: Runtime):
 
 
 def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor, args: Hyperparameters, rt: Runtime):
-    """TTT_EPOCHS epochs of SGD on the chunk's sequences. Each step takes a global batch of up to
-    TTT_TRAIN_BATCH_SEQS sequences split across ranks, so the steps do not depend on world size."""
+    """TTT_EPOCHS epochs of SGD on the chunk's sequences (tokens on the device). Each step takes a
+    global batch of up to TTT_TRAIN_BATCH_SEQS sequences split across ranks, so the steps do not
+    depend on world size; every rank runs the same number of rows, padded with ignored targets
+    (one shape for the compiled forward)."""
     seq_len = args.eval_seq_len
     n_seqs = (tokens.numel() - 1) // seq_len
-    model.train()
+    step_seqs = min(args.ttt_train_batch_seqs, n_seqs)
+    rows = -(-step_seqs // rt.world_size)
+    tokens = F.pad(tokens, (0, rows * seq_len))  # room for the padding rows of the last step
     for _ in range(args.ttt_epochs):
-        for first in range(0, n_seqs, args.ttt_train_batch_seqs):
-            count = min(args.ttt_train_batch_seqs, n_seqs - first)
+        for first in range(0, n_seqs, step_seqs):
+            count = min(step_seqs, n_seqs - first)
             mine = rank_share(count, rt)
-            if mine.stop > mine.start:
-                seqs = tokens[(first + mine.start) * seq_len:(first + mine.stop) * seq_len + 1].to(rt.device, torch.int64)
-                with rt.autocast():
-                    loss = model(seqs[:-1].view(-1, seq_len), seqs[1:].view(-1, seq_len))
-                (loss * (mine.stop - mine.start) / count).backward()  # summed over ranks: the batch mean
+            seqs = tokens[(first + mine.start) * seq_len:(first + mine.start + rows) * seq_len + 1].long()
+            x, y = seqs[:-1].view(rows, seq_len), seqs[1:].view(rows, seq_len).clone()
+            y[mine.stop - mine.start:] = -100  # padding rows: ignored by the loss
+            with rt.autocast():
+                loss = model(x, y, reduction="sum") / (count * seq_len)  # summed over ranks: the batch mean
+            loss.backward()
             average_gradients(params, rt)
             if args.ttt_grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
@@ -1081,7 +1114,8 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
         if p.requires_grad:
             params.append(p)
     optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
-    model.set_qat(False, False, args.soft_round_tau)
+    model.eval()  # QAT is off: in eval mode the linear layers skip the fake quantiser (all the mode changes)
+    val_tokens, token_bytes = val_tokens.to(rt.device), token_bytes.to(rt.device)
     batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
     sums = torch.zeros(n_chunks, 3, dtype=torch.float64, device=rt.device)
     t0 = time.perf_counter()
@@ -1089,7 +1123,8 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
         mine = rank_share(bounds[c + 1] - bounds[c], rt)
         window_ids = slice(bounds[c] + mine.start, bounds[c] + mine.stop)
         meter = BpbMeter(token_bytes, rt.device)
-        score_windows(model, val_tokens, starts[window_ids], score_from[window_ids], seq_len, meter, batch, rt)
+        score_windows(model, val_tokens, starts[window_ids], score_from[window_ids], seq_len, meter, batch, rt,
+                      args.eval_stride)
         sums[c] = meter.sums
         if c < n_chunks - 1 and args.ttt_epochs > 0:
             for group in optimizer.param_groups:
@@ -1108,7 +1143,7 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
 
 def evaluate_artifact(path, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
     """Reloads the artifact from disk into a fresh model and runs the three final evaluations."""
-    model = place_model(build_model(args), rt.device)
+    model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
     model.load_state_dict(dequantize_state_dict(load_artifact(path), model.state_dict()))
     evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
                    ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
@@ -1158,9 +1193,9 @@ def main(clock=time.perf_counter):
     log = Logger(args.run_id, rt.is_main)
     log_environment(log)
     log("hyperparameters: " + json.dumps(args.as_dict()))
-    token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size))
+    token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
     val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len),
-                                        args.vocab_size)
+                                        args.vocab_size).to(rt.device)
     log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
         f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
     artifact = Path(args.eval_artifact) if args.eval_artifact else ARTIFACT_PATH
@@ -1171,12 +1206,10 @@ def main(clock=time.perf_counter):
     else:
         loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
                                         args.vocab_size)
-        base_model = place_model(build_model(args), rt.device)
+        base_model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
         model = base_model
-        if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
-            model = torch.compile(base_model, dynamic=False, fullgraph=True)
         if rt.world_size > 1:
-            model = DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+            model = DDP(base_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
         optimizers = build_optimizers(base_model, args)
         log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
         log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
