@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Speed benchmark (SPEC §9, §10.6): our path against the straightforward one, timed in one run.
+
+    python scripts/bench.py                                      # one process (CPU or one GPU)
+    torchrun --standalone --nproc_per_node=2 scripts/bench.py    # 2 ranks (gloo on CPU, NCCL on GPUs)
+    python scripts/bench.py --config default --chunks 50         # the record's model (needs FineWeb)
+
+Prints one table: training ms/step, tokens/s of the standard, sliding and TTT evaluations, and the
+time to quantise and compress the weights; for each, ours, the straightforward path and the ratio,
+and the val_bpb both paths reach. Below it, the arithmetic floor of a training step.
+
+The straightforward path is the record's algorithm, written here and nowhere else:
+  training    SDPA attention, Muon orthogonalising one matrix at a time;
+  evaluation  uncompiled forward, batches built and scored with a Python loop per window,
+              scored targets picked by a boolean mask;
+  TTT         the same scoring, training on unpadded batches, one all-reduce per parameter.
+Both paths start from the same weights and data; the evaluations must reach the same val_bpb.
+
+--config smoke (the default on CPU) is scripts/smoke.env on the bundled sample (built if missing);
+--config default (the default on CUDA) is the record's hyperparameters, with DATA_PATH and
+TOKENIZER_PATH pointing at the FineWeb shards. Environment variables override either, as for
+train_gpt.py.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+import train_gpt as tg  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- the straightforward path
+
+class StraightforwardMuon(tg.Muon):
+    """The record's Muon: each rank orthogonalises its matrices (i % world_size == rank) one at a
+    time, then one flat all-reduce shares the updates."""
+
+    @torch.no_grad()
+    def step(self):
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        for group in self.param_groups:
+            params, lr, mu = group["params"], group["lr"], group["momentum"]
+            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
+                                  dtype=tg.update_dtype(params[0].device))
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world_size == rank and p.grad is not None:
+                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                    buf.mul_(mu).add_(p.grad)
+                    g = tg.newton_schulz5(p.grad.add(buf, alpha=mu), group["backend_steps"])
+                    updates[offset:offset + p.numel()] = (g * max(1, p.size(0) / p.size(1)) ** 0.5).flatten()
+                offset += p.numel()
+            if world_size > 1:
+                dist.all_reduce(updates)
+            offset = 0
+            for p in params:
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(updates[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
+                offset += p.numel()
+
+
+def straightforward_optimizers(model, args):
+    optimizers = tg.build_optimizers(model, args)
+    muon = optimizers[0]
+    plain = StraightforwardMuon(muon.param_groups[0]["params"], lr=args.matrix_lr, momentum=args.muon_momentum_warmup_start,
+                                backend_steps=args.muon_backend_steps, weight_decay=args.muon_wd)
+    plain.param_groups[0]["base_lr"] = muon.param_groups[0]["base_lr"]
+    return [plain, optimizers[1]]
+
+
+@torch.inference_mode()
+def straightforward_score(model, val_tokens, starts, score_from, seq_len, meter, batch, rt):
+    """The record's scoring loop: each batch built window by window, scored window by window."""
+    model.eval()
+    starts, score_from = starts.tolist(), score_from.tolist()
+    for i in range(0, len(starts), batch):
+        batch_starts = starts[i:i + batch]
+        x = torch.zeros(len(batch_starts), seq_len, dtype=torch.int64, device=rt.device)
+        y = torch.zeros_like(x)
+        for j, start in enumerate(batch_starts):
+            window = val_tokens[start:start + seq_len + 1].to(rt.device, torch.int64)
+            x[j], y[j] = window[:-1], window[1:]
+        with rt.autocast():
+            logits = model.forward_logits(x)
+        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+        for j, first in enumerate(score_from[i:i + batch]):
+            scored = torch.arange(seq_len, device=rt.device) >= first
+            meter.add(nll[j][scored], x[j][scored], y[j][scored])
+
+
+def straightforward_evaluate(model, val_tokens, token_bytes, args, rt, stride=None):
+    seq_len, n_targets = args.eval_seq_len, val_tokens.numel() - 1
+    if stride is None:
+        starts = torch.arange(n_targets // seq_len) * seq_len
+        score_from = torch.zeros_like(starts)
+    else:
+        starts, score_from = tg.sliding_windows(n_targets, seq_len, stride)
+    mine = tg.rank_share(len(starts), rt)
+    meter = tg.BpbMeter(token_bytes, rt.device)
+    straightforward_score(model, val_tokens, starts[mine], score_from[mine], seq_len, meter,
+                          max(1, args.val_batch_size // (rt.world_size * seq_len)), rt)
+    return meter.result()
+
+
+def straightforward_ttt(model, val_tokens, token_bytes, args, rt):
+    """The record's TTT: the same chunks and schedule, uncompiled, one all-reduce per parameter."""
+    seq_len, chunk_tokens, n_targets = args.eval_seq_len, args.ttt_chunk_tokens, val_tokens.numel() - 1
+    starts, score_from = tg.sliding_windows(n_targets, seq_len, args.eval_stride)
+    n_chunks = -(-n_targets // chunk_tokens)
+    bounds = torch.searchsorted((starts + score_from) // chunk_tokens, torch.arange(n_chunks + 1)).tolist()
+    params = [p for p in model.parameters()]
+    optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
+    model.set_qat(False, False, args.soft_round_tau)
+    batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
+    sums = torch.zeros(3, dtype=torch.float64, device=rt.device)
+    for c in range(n_chunks):
+        mine = tg.rank_share(bounds[c + 1] - bounds[c], rt)
+        ids = slice(bounds[c] + mine.start, bounds[c] + mine.stop)
+        meter = tg.BpbMeter(token_bytes, rt.device)
+        straightforward_score(model, val_tokens, starts[ids], score_from[ids], seq_len, meter, batch, rt)
+        sums += meter.sums
+        if c == n_chunks - 1:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = args.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(n_chunks - 1, 1)))
+        tokens = val_tokens[c * chunk_tokens:(c + 1) * chunk_tokens + 1]
+        n_seqs = chunk_tokens // seq_len
+        model.eval()  # the record's linear layers skip the fake quantiser while QAT is off; eval mode does here
+        for _ in range(args.ttt_epochs):
+            for first in range(0, n_seqs, args.ttt_train_batch_seqs):
+                count = min(args.ttt_train_batch_seqs, n_seqs - first)
+                share = tg.rank_share(count, rt)
+                if share.stop > share.start:
+                    seqs = tokens[(first + share.start) * seq_len:(first + share.stop) * seq_len + 1].to(rt.device, torch.int64)
+                    with rt.autocast():
+                        loss = model(seqs[:-1].view(-1, seq_len), seqs[1:].view(-1, seq_len))
+                    (loss * (share.stop - share.start) / count).backward()
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    if rt.world_size > 1:
+                        dist.all_reduce(p.grad)
+                if args.ttt_grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    if rt.world_size > 1:
+        dist.all_reduce(sums)
+    return tg.loss_and_bpb(sums)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+def timed(fn, rt):
+    """(fn(), seconds on the slowest rank)."""
+    rt.synchronize()
+    if dist.is_initialized():
+        dist.barrier()
+    t0 = time.perf_counter()
+    result = fn()
+    rt.synchronize()
+    return result, rt.agree_max(time.perf_counter() - t0)
+
+
+def distributed(model, rt):
+    if rt.world_size == 1:
+        return model
+    return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+
+
+def train(model, optimizers, args, rt, steps: int) -> float:
+    """`steps` training steps on the start of the training stream; their mean loss."""
+    loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
+                                       args.vocab_size)
+    runner, losses = distributed(model, rt), []
+    for _ in range(steps):
+        batches = [loader.next_batch(args.train_batch_tokens // 8, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
+        losses.append(tg.train_step(runner, batches, optimizers, args.grad_clip_norm, rt))
+    return torch.stack(losses).mean().item()
+
+
+def time_training(model, optimizers, args, rt, steps: int, warmup: int) -> tuple[float, float]:
+    """(ms per step over `steps` steps after `warmup` untimed ones, mean loss of the timed steps)."""
+    if warmup:
+        train(model, optimizers, args, rt, warmup)
+    loss, seconds = timed(lambda: train(model, optimizers, args, rt, steps), rt)
+    return 1000 * seconds / steps, loss
+
+
+def matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a large square matmul in the dtype training uses on this device."""
+    n, dtype, reps = (8192, torch.bfloat16, 20) if device.type == "cuda" else (1024, torch.float32, 5)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync()
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def step_flops(model, args) -> float:
+    """Forward + backward FLOPs of one optimiser step: 6 x tokens x matmul weights (the linear layers
+    and the tied output head), plus causal attention (QK^T and AV over half the square, x3 for the
+    backward)."""
+    matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, tg.CastedLinear))
+    matmul_params += model.tok_emb.weight.numel()
+    tokens = args.train_batch_tokens
+    attention = 3 * 2 * 2 * args.num_layers * tokens * args.train_seq_len * args.model_dim / 2
+    return 6 * tokens * matmul_params + attention
+
+
+# ----------------------------------------------------------------------------- main
+
+def configure(config: str):
+    """Environment defaults of the configuration (variables already set win); builds the sample."""
+    if config != "smoke":
+        return
+    for line in (REPO / "scripts" / "smoke.env").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+    for key in ("DATA_PATH", "TOKENIZER_PATH"):
+        if not Path(os.environ[key]).is_absolute():
+            os.environ[key] = str(REPO / os.environ[key])
+    if not Path(os.environ["TOKENIZER_PATH"]).is_file() and int(os.environ.get("RANK", "0")) == 0:
+        subprocess.run([sys.executable, str(REPO / "data" / "make_sample.py")], check=True, cwd=REPO)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=("smoke", "default"),
+                        help="hyperparameter defaults: smoke (default on CPU) or the record's (default on CUDA)")
+    parser.add_argument("--steps", type=int, help="timed training steps (default: 10 on CPU, 20 on CUDA)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before them (compilation)")
+    parser.add_argument("--chunks", type=int, help="evaluate the first N TTT chunks of the validation tokens "
+                                                    "(default: all with --config smoke, 50 with --config default)")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs of each evaluation, interleaved; the fastest counts")
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out: train,standard,sliding,ttt,quantise")
+    opts = parser.parse_args(argv)
+    unknown = set(filter(None, opts.skip.split(","))) - {"train", "standard", "sliding", "ttt", "quantise"}
+    if unknown:
+        parser.error(f"--skip: unknown rows {sorted(unknown)}")
+    return opts
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    config = opts.config or ("default" if cuda else "smoke")
+    configure(config)
+    rt = tg.setup_runtime()
+    if rt.world_size > 1 and rt.device.type == "cpu":
+        torch.set_num_threads(1)
+    args = tg.Hyperparameters(run_id="bench")
+    steps = opts.steps or (20 if cuda else 10)
+    skip = set(filter(None, opts.skip.split(",")))
+    token_bytes = tg.TokenBytes(tg.load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
+    val_tokens = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, args.vocab_size)
+    chunks = opts.chunks or (50 if config == "default" else None)
+    if chunks:
+        val_tokens = val_tokens[:chunks * args.ttt_chunk_tokens + 1]
+    val_tokens = val_tokens.to(rt.device)
+    n_targets = val_tokens.numel() - 1
+    say = print if rt.is_main else (lambda *a, **k: None)
+    say(f"bench: config={config} device={describe(rt.device)} world_size={rt.world_size} "
+        f"grad_accum_steps={rt.grad_accum_steps} torch={torch.__version__} "
+        f"attention={'flash_attn_3' if tg.flash_attn_3 is not None and cuda else 'sdpa'} COMPILE={args.compile}")
+    say(f"bench: {n_targets} validation targets ({-(-n_targets // args.ttt_chunk_tokens)} TTT chunks), "
+        f"{steps} timed training steps", flush=True)
+
+    def ours():
+        return tg.compile_model(tg.place_model(tg.build_model(args), rt.device), args, rt.device)
+
+    def plain():
+        return tg.place_model(tg.build_model(args), rt.device)
+
+    rows = []
+    if "train" not in skip:
+        model = ours()
+        ours_ms, ours_loss = time_training(model, tg.build_optimizers(model, args), args, rt, steps, opts.warmup)
+        fa3, tg.flash_attn_3 = tg.flash_attn_3, None  # the straightforward path: SDPA
+        try:
+            model = tg.compile_model(plain(), args, rt.device)  # the record compiles its training forward too
+            plain_ms, plain_loss = time_training(model, straightforward_optimizers(model, args), args, rt, steps,
+                                                 opts.warmup)
+        finally:
+            tg.flash_attn_3 = fa3
+        rows.append(("training", "ms/step", ours_ms, plain_ms, plain_ms / ours_ms,
+                     f"train_loss {ours_loss:.6f} / {plain_loss:.6f}"))
+
+    model = plain()  # the evaluations score weights trained a few steps, the same for both paths
+    train(model, tg.build_optimizers(model, args), args, rt, 3)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    evaluations = [("standard", lambda m, v: tg.evaluate(m, v, token_bytes, args, rt),
+                    lambda m, v: straightforward_evaluate(m, v, token_bytes, args, rt)),
+                   ("sliding", lambda m, v: tg.evaluate(m, v, token_bytes, args, rt, args.eval_stride),
+                    lambda m, v: straightforward_evaluate(m, v, token_bytes, args, rt, args.eval_stride)),
+                   ("ttt", lambda m, v: tg.evaluate_ttt(m, v, token_bytes, args, rt)[:2],
+                    lambda m, v: straightforward_ttt(m, v, token_bytes, args, rt))]
+    warmup_tokens = val_tokens[:2 * args.ttt_chunk_tokens + 1]  # two TTT chunks: every shape the evaluations use
+    warmup_s = [0.0, 0.0]
+    for name, ours_fn, plain_fn in evaluations:
+        if name in skip:
+            continue
+        models = ours(), plain()
+        for i, (model, fn) in enumerate(zip(models, (ours_fn, plain_fn))):  # compilation, allocation
+            model.load_state_dict(weights)
+            warmup_s[i] += timed(lambda: fn(model, warmup_tokens), rt)[1]
+            model.load_state_dict(weights)
+        runs = []  # interleaved repeats, the fastest of each path counts: other load on the machine only slows
+        for _ in range(opts.repeat):
+            for model, fn in zip(models, (ours_fn, plain_fn)):
+                model.load_state_dict(weights)
+                runs.append(timed(lambda: fn(model, val_tokens), rt))
+        (_, ours_bpb), ours_s = runs[0][0], min(seconds for _, seconds in runs[0::2])
+        (_, plain_bpb), plain_s = runs[1][0], min(seconds for _, seconds in runs[1::2])
+        rows.append((f"{name} eval", "tokens/s", n_targets / ours_s, n_targets / plain_s, plain_s / ours_s,
+                     f"val_bpb {ours_bpb:.8f} / {plain_bpb:.8f} (diff {abs(ours_bpb - plain_bpb):.1e})"))
+    if any(warmup_s):
+        rows.append(("eval warm-up", "s", warmup_s[0], warmup_s[1], warmup_s[1] / warmup_s[0],
+                     "first calls, on 2 chunks: compilation, allocation"))
+    if "quantise" not in skip:
+        (blob, seconds) = timed(lambda: tg.serialize(tg.quantize_state_dict(weights)), rt)
+        rows.append(("quantise+zstd", "s", seconds, math.nan, math.nan, f"{len(blob):,} bytes"))
+
+    say(table(rows))
+    if "train" not in skip:
+        flops, rate = step_flops(plain(), args), matmul_rate(rt.device)
+        floor_ms = 1000 * flops / (rate * rt.world_size)
+        say(f"arithmetic floor: {flops / 1e12:.4g} TFLOP per step / ({rt.world_size} x {rate / 1e12:.4g} TFLOP/s "
+            f"measured matmul) = {floor_ms:.4g} ms/step; ours takes {rows[0][2] / floor_ms:.3g}x the floor")
+    if rt.world_size > 1:
+        dist.destroy_process_group()
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads per process)"
+
+
+def table(rows) -> str:
+    header = ("", "unit", "ours", "straightforward", "speedup", "check")
+    lines = [header] + [(name, unit, f"{ours:,.1f}" if ours >= 100 else f"{ours:.3f}",
+                         "—" if math.isnan(plain) else (f"{plain:,.1f}" if plain >= 100 else f"{plain:.3f}"),
+                         "—" if math.isnan(ratio) else f"{ratio:.2f}x", check)
+                        for name, unit, ours, plain, ratio, check in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    fmt = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(l) for l in lines[1:]])
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except tg.InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

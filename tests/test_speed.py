@@ -1,0 +1,184 @@
+"""The speed work (SPEC §9, §10.6) changes no result: the output head on the scored tail only, padded
+batches, host-side scored positions and padded TTT rows give what the straightforward path of
+scripts/bench.py gives (one process and 2 gloo ranks, to 1e-6 in val_bpb); compiled evaluations
+trace a fixed set of graphs however uneven the last batch, chunk or step; the benchmark prints its
+table. Timings are the benchmark's business, not the tests'."""
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch._dynamo.testing import CompileCounter
+
+import train_gpt as tg
+from conftest import REPO, load_tool, run_script
+from test_eval import CPU, K, L, ONE, S, hp, load_inputs, make_model
+
+bench = load_tool("scripts/bench.py", "bench")
+
+# 9 chunks of K targets less 3: a short last chunk, a short last batch of windows; TTT steps of 3
+# sequences over a chunk's K / L = 8 (3, 3, 2): with 2 ranks, shares of 2 and 1, and 1 and 1
+N_TARGETS = 9 * K - 3
+UNEVEN = dict(ttt_epochs=2, ttt_lr=0.01, ttt_train_batch_seqs=3, val_batch_size=5 * L, ttt_grad_clip=0.5)
+
+
+def test_head_on_the_last_positions_equals_the_full_head():
+    model = make_model()
+    ids = torch.randint(0, 512, (3, L), generator=torch.Generator().manual_seed(0))
+    targets = ids.roll(-1, dims=1)
+    full = model(ids, targets, reduction="none")
+    assert full.shape == (3, L)
+    assert torch.allclose(model(ids, targets[:, -S:], reduction="none"), full[:, -S:], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(model(ids, targets), full.mean(), rtol=1e-6)
+    ignored = targets.clone()
+    ignored[1:] = -100
+    assert torch.allclose(model(ids, ignored, reduction="sum"), full[0].sum(), rtol=1e-6)
+
+
+def paths(model, val, token_bytes, args, rt):
+    """(ours, straightforward) val_bpb of the standard, sliding and TTT evaluations."""
+    ours = {"standard": tg.evaluate(model, val, token_bytes, args, rt)[1],
+            "sliding": tg.evaluate(model, val, token_bytes, args, rt, args.eval_stride)[1]}
+    plain = {"standard": bench.straightforward_evaluate(model, val, token_bytes, args, rt)[1],
+             "sliding": bench.straightforward_evaluate(model, val, token_bytes, args, rt, args.eval_stride)[1]}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    ours["ttt"] = tg.evaluate_ttt(model, val, token_bytes, args, rt)[1]
+    model.load_state_dict(weights)
+    plain["ttt"] = bench.straightforward_ttt(model, val, token_bytes, args, rt)[1]
+    model.load_state_dict(weights)
+    return ours, plain
+
+
+def assert_same_bpb(ours, plain):
+    for name in ("standard", "sliding"):
+        assert ours[name] == pytest.approx(plain[name], rel=1e-12, abs=0), name
+    assert abs(ours["ttt"] - plain["ttt"]) <= 1e-6
+    assert ours["ttt"] != ours["sliding"]  # the TTT steps did train
+
+
+def test_ours_equals_the_straightforward_path_in_one_process(tiny_data):
+    val, token_bytes = load_inputs(tiny_data, N_TARGETS)
+    assert_same_bpb(*paths(make_model(), val, token_bytes, hp(**UNEVEN), ONE))
+
+
+def _worker(rank, world_size, store_path, out_dir, tiny_data):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
+    try:
+        val, token_bytes = load_inputs(tiny_data, N_TARGETS)
+        torch.save(paths(make_model(), val, token_bytes, hp(**UNEVEN), tg.Runtime(rank, world_size, CPU)),
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ours_equals_the_straightforward_path_on_two_gloo_ranks(tiny_data, tmp_path):
+    """The acceptance check of the benchmark's TTT comparison, with uneven shares of windows and rows."""
+    paths(make_model(), *load_inputs(tiny_data, 2 * K), hp(**UNEVEN), ONE)  # import what the children need, then fork
+    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), tiny_data), nprocs=2, join=True,
+                       start_method="fork")
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert results[0] == results[1]  # every rank reports the totals
+    assert_same_bpb(*results[0])
+
+
+def test_compiled_evaluations_trace_a_fixed_set_of_graphs(tiny_data, monkeypatch):
+    """Padding keeps the compiled shapes static: the standard and full-head batch, the tail-head batch
+    and the TTT step are all the graphs there are, whatever the length of the last batch, chunk or
+    step; and the compiled results are the eager ones."""
+    counter = CompileCounter()
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **dict(kw, backend=counter)))
+    torch._dynamo.reset()
+    val, token_bytes = load_inputs(tiny_data, N_TARGETS)
+    args = hp(compile="1", **UNEVEN)
+    eager = make_model()
+    compiled = tg.compile_model(make_model(), args, CPU)
+    assert tg.compile_model(make_model(), hp(compile="auto"), CPU)._compiled_call_impl is None  # auto: CUDA only
+    assert counter.frame_count == 0
+    for model in (eager, compiled):
+        results = [tg.evaluate(model, val, token_bytes, args, ONE),
+                   tg.evaluate(model, val, token_bytes, args, ONE, S),
+                   tg.evaluate_ttt(model, val, token_bytes, args, ONE)[:2]]
+        if model is eager:
+            expected = results
+    assert counter.frame_count == 3, f"{counter.frame_count} graphs: padding let a shape vary"
+    assert results == expected
+    torch._dynamo.reset()
+
+
+def test_straightforward_muon_is_muon():
+    """The benchmark's baseline optimiser computes the same updates, one matrix at a time."""
+    shapes = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6)]
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(s, generator=g) for s in shapes]
+    results = []
+    for cls in (tg.Muon, bench.StraightforwardMuon):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.04)
+        for step in range(3):
+            gen = torch.Generator().manual_seed(100 + step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b, s in zip(*results, start):
+        assert torch.allclose(a, b, atol=1e-6) and not torch.equal(a, s)
+
+
+ROW = re.compile(r"^\| (training|standard eval|sliding eval|ttt eval|eval warm-up|quantise\+zstd) +\| (\S+) +"
+                 r"\| ([\d,.]+) +\| ([\d,.]+|—) +\| ([\d.]+x|—) +\| (.*?) +\|$", re.M)
+
+
+def test_bench_prints_the_table(tiny_env, capsys):
+    bench.main(["--config", "default", "--steps", "1", "--warmup", "1", "--repeat", "1"])
+    out = capsys.readouterr().out
+    rows = {m[1]: m for m in ROW.finditer(out)}
+    assert list(rows) == ["training", "standard eval", "sliding eval", "ttt eval", "eval warm-up", "quantise+zstd"]
+    assert re.search(r"^bench: config=default device=cpu .* world_size=1 grad_accum_steps=8 ", out, re.M)
+    for name in ("standard eval", "sliding eval", "ttt eval"):
+        ours, plain, diff = re.fullmatch(r"val_bpb ([\d.]+) / ([\d.]+) \(diff (\S+)\)", rows[name][6]).groups()
+        assert float(diff) <= 1e-6 and abs(float(ours) - float(plain)) <= 1e-6
+        assert 0 < float(ours) < 20
+        ratio = float(rows[name][4].replace(",", "")) / float(rows[name][3].replace(",", ""))
+        assert float(rows[name][5][:-1]) == pytest.approx(1 / ratio, rel=0.02)  # speedup = ours / straightforward
+    floor = re.search(r"^arithmetic floor: (\S+) TFLOP per step / \(1 x (\S+) TFLOP/s measured matmul\) = "
+                      r"(\S+) ms/step; ours takes (\S+)x the floor$", out, re.M)
+    args = tg.Hyperparameters()
+    assert float(floor[1]) * 1e12 == pytest.approx(bench.step_flops(tg.build_model(args), args), rel=1e-3)
+    assert float(floor[3]) == pytest.approx(float(floor[1]) / float(floor[2]) * 1000, rel=1e-3)
+    assert float(floor[4]) == pytest.approx(float(rows["training"][3].replace(",", "")) / float(floor[3]), rel=0.06)
+
+
+def test_step_flops_counts_matmuls_and_attention():
+    args = tg.Hyperparameters(num_layers=2, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8, xsa_last_n=1,
+                              ve_layers="1", ve_dim=8, bigram_vocab_size=64, bigram_dim=8, vocab_size=64, mlp_mult=2,
+                              train_seq_len=16, train_batch_tokens=8 * 16)
+    model = tg.build_model(args)
+    per_block = 32 * 32 * 2 + 32 * 16 * 2 + 32 * 64 * 2  # q, proj; k, v; fc, proj
+    side = 8 * 32 + 8 * 16  # bigram and value-embedding projections
+    matmul = 2 * per_block + side + 64 * 32  # + the tied output head
+    tokens = 128
+    attention = 3 * 2 * 2 * 2 * tokens * 16 * 32 / 2
+    assert bench.step_flops(model, args) == 6 * tokens * matmul + attention
+
+
+def test_bench_rejects_unknown_rows(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--skip", "trian"])
+    assert "unknown rows ['trian']" in capsys.readouterr().err
+
+
+def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
+    """The form the acceptance figures were measured in: 2 gloo processes; both paths agree."""
+    from test_smoke import clean_env, torchrun_cmd
+    result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "bench.py"),
+                                          "--config", "default", "--steps", "1", "--warmup", "0", "--repeat", "1",
+                                          "--skip", "standard,sliding"],
+                        clean_env(**tiny_env), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {m[1]: m for m in ROW.finditer(result.stdout)}
+    assert list(rows) == ["training", "ttt eval", "eval warm-up", "quantise+zstd"]
+    assert "world_size=2 grad_accum_steps=4" in result.stdout
+    assert float(re.search(r"\(diff (\S+)\)", rows["ttt eval"][6])[1]) <= 1e-6
