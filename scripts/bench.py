@@ -250,7 +250,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before them (compilation)")
     parser.add_argument("--chunks", type=int, help="evaluate the first N TTT chunks of the validation tokens "
                                                     "(default: all with --config smoke, 50 with --config default)")
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs of each evaluation, interleaved; the fastest counts")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="timed runs of each evaluation and path, interleaved; the fastest counts")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out: train,standard,sliding,ttt,quantise")
     opts = parser.parse_args(argv)
     unknown = set(filter(None, opts.skip.split(","))) - {"train", "standard", "sliding", "ttt", "quantise"}
@@ -323,13 +324,13 @@ def main(argv=None):
             model.load_state_dict(weights)
             warmup_s[i] += timed(lambda: fn(model, warmup_tokens), rt)[1]
             model.load_state_dict(weights)
-        runs = []  # interleaved repeats, the fastest of each path counts: other load on the machine only slows
-        for _ in range(opts.repeat):
-            for model, fn in zip(models, (ours_fn, plain_fn)):
-                model.load_state_dict(weights)
-                runs.append(timed(lambda: fn(model, val_tokens), rt))
-        (_, ours_bpb), ours_s = runs[0][0], min(seconds for _, seconds in runs[0::2])
-        (_, plain_bpb), plain_s = runs[1][0], min(seconds for _, seconds in runs[1::2])
+        runs = ([], [])  # repeats interleaved in alternating order; the fastest counts, as load only slows
+        for r in range(opts.repeat):
+            for i in (0, 1) if r % 2 == 0 else (1, 0):
+                models[i].load_state_dict(weights)
+                runs[i].append(timed(lambda: (ours_fn, plain_fn)[i](models[i], val_tokens), rt))
+        (_, ours_bpb), ours_s = runs[0][0][0], min(seconds for _, seconds in runs[0])
+        (_, plain_bpb), plain_s = runs[1][0][0], min(seconds for _, seconds in runs[1])
         rows.append((f"{name} eval", "tokens/s", n_targets / ours_s, n_targets / plain_s, plain_s / ours_s,
                      f"val_bpb {ours_bpb:.8f} / {plain_bpb:.8f} (diff {abs(ours_bpb - plain_bpb):.1e})"))
     if any(warmup_s):
