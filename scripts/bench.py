@@ -10,11 +10,14 @@ time to quantise and compress the weights; for each, ours, the straightforward p
 and the val_bpb both paths reach. Below it, the arithmetic floor of a training step.
 
 The straightforward path is the record's algorithm, written here and nowhere else:
-  training    SDPA attention, Muon orthogonalising one matrix at a time;
-  evaluation  uncompiled forward, batches built and scored with a Python loop per window,
-              scored targets picked by a boolean mask;
-  TTT         the same scoring, training on unpadded batches, one all-reduce per parameter.
+  training    SDPA attention (the issue's baseline; the record itself had FlashAttention-3),
+              Muon orthogonalising one matrix at a time;
+  standard    consecutive sequences, forward_logits compiled where training compiles;
+  sliding     the same compiled forward_logits on batches built window by window from host
+              tokens, scored window by window;
+  TTT         that scoring uncompiled, training on unpadded batches, one all-reduce per parameter.
 Both paths start from the same weights and data; the evaluations must reach the same val_bpb.
+Each evaluation's first call (on 2 chunks: compilation, allocation) is timed apart, as its warm-up.
 
 --config smoke (the default on CPU) is scripts/smoke.env on the bundled sample (built if missing);
 --config default (the default on CUDA) is the record's hyperparameters, with DATA_PATH and
@@ -80,11 +83,16 @@ def straightforward_optimizers(model, args):
     return [plain, optimizers[1]]
 
 
-@torch.inference_mode()
-def straightforward_score(model, val_tokens, starts, score_from, seq_len, meter, batch, rt):
-    """The record's scoring loop: each batch built window by window, scored window by window."""
-    model.eval()
-    starts, score_from = starts.tolist(), score_from.tolist()
+def record_forward(model, args, rt):
+    """The record's evaluation forward: forward_logits, compiled where the training forward is."""
+    if args.compile == "1" or (args.compile == "auto" and rt.device.type == "cuda"):
+        return torch.compile(model.forward_logits, dynamic=False, fullgraph=True)
+    return model.forward_logits
+
+
+def score_window_by_window(forward, val_tokens, starts, score_from, seq_len, meter, batch, rt):
+    """The record's sliding loop: each batch built window by window from the host tokens, and
+    scored window by window."""
     for i in range(0, len(starts), batch):
         batch_starts = starts[i:i + batch]
         x = torch.zeros(len(batch_starts), seq_len, dtype=torch.int64, device=rt.device)
@@ -93,24 +101,32 @@ def straightforward_score(model, val_tokens, starts, score_from, seq_len, meter,
             window = val_tokens[start:start + seq_len + 1].to(rt.device, torch.int64)
             x[j], y[j] = window[:-1], window[1:]
         with rt.autocast():
-            logits = model.forward_logits(x)
-        nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+            logits = forward(x)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
         for j, first in enumerate(score_from[i:i + batch]):
-            scored = torch.arange(seq_len, device=rt.device) >= first
-            meter.add(nll[j][scored], x[j][scored], y[j][scored])
+            meter.add(nll[j, first:], x[j, first:], y[j, first:])
 
 
+@torch.inference_mode()
 def straightforward_evaluate(model, val_tokens, token_bytes, args, rt, stride=None):
+    """The record's standard (consecutive sequences) or sliding evaluation, val_tokens on the host."""
+    model.eval()
+    forward, meter = record_forward(model, args, rt), tg.BpbMeter(token_bytes, rt.device)
     seq_len, n_targets = args.eval_seq_len, val_tokens.numel() - 1
+    batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
     if stride is None:
-        starts = torch.arange(n_targets // seq_len) * seq_len
-        score_from = torch.zeros_like(starts)
+        mine = tg.rank_share(n_targets // seq_len, rt)
+        for first in range(mine.start, mine.stop, batch):
+            local = val_tokens[first * seq_len:min(first + batch, mine.stop) * seq_len + 1].to(rt.device, torch.int64)
+            x, y = local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+            with rt.autocast():
+                logits = forward(x)
+            meter.add(F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none"), x, y)
     else:
         starts, score_from = tg.sliding_windows(n_targets, seq_len, stride)
-    mine = tg.rank_share(len(starts), rt)
-    meter = tg.BpbMeter(token_bytes, rt.device)
-    straightforward_score(model, val_tokens, starts[mine], score_from[mine], seq_len, meter,
-                          max(1, args.val_batch_size // (rt.world_size * seq_len)), rt)
+        mine = tg.rank_share(len(starts), rt)
+        score_window_by_window(forward, val_tokens, starts[mine].tolist(), score_from[mine].tolist(), seq_len, meter,
+                               batch, rt)
     return meter.result()
 
 
@@ -129,7 +145,10 @@ def straightforward_ttt(model, val_tokens, token_bytes, args, rt):
         mine = tg.rank_share(bounds[c + 1] - bounds[c], rt)
         ids = slice(bounds[c] + mine.start, bounds[c] + mine.stop)
         meter = tg.BpbMeter(token_bytes, rt.device)
-        straightforward_score(model, val_tokens, starts[ids], score_from[ids], seq_len, meter, batch, rt)
+        model.eval()
+        with torch.inference_mode():
+            score_window_by_window(model.forward_logits, val_tokens, starts[ids].tolist(), score_from[ids].tolist(),
+                                   seq_len, meter, batch, rt)
         sums += meter.sums
         if c == n_chunks - 1:
             break
@@ -180,23 +199,34 @@ def distributed(model, rt):
     return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
 
 
-def train(model, optimizers, args, rt, steps: int) -> float:
-    """`steps` training steps on the start of the training stream; their mean loss."""
+def race(fns, repeat: int, rt, reset=lambda i: None):
+    """Times fns[0] and fns[1] `repeat` times each, interleaved in alternating order, reset(i) before
+    each call; per fn, (its first result, its fastest time): the fastest counts, as load only slows."""
+    runs = ([], [])
+    for r in range(repeat):
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            reset(i)
+            runs[i].append(timed(fns[i], rt))
+    return [(results[0][0], min(seconds for _, seconds in results)) for results in runs]
+
+
+def trainer(model, optimizers, args, rt, sdpa: bool = False):
+    """run(n): n training steps of this path on its own stream, from the start; their mean loss.
+    sdpa: FlashAttention-3 hidden, as on the straightforward path."""
     loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
                                        args.vocab_size)
-    runner, losses = distributed(model, rt), []
-    for _ in range(steps):
-        batches = [loader.next_batch(args.train_batch_tokens // 8, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
-        losses.append(tg.train_step(runner, batches, optimizers, args.grad_clip_norm, rt))
-    return torch.stack(losses).mean().item()
+    runner = distributed(model, rt)
 
-
-def time_training(model, optimizers, args, rt, steps: int, warmup: int) -> tuple[float, float]:
-    """(ms per step over `steps` steps after `warmup` untimed ones, mean loss of the timed steps)."""
-    if warmup:
-        train(model, optimizers, args, rt, warmup)
-    loss, seconds = timed(lambda: train(model, optimizers, args, rt, steps), rt)
-    return 1000 * seconds / steps, loss
+    def run(n: int) -> float:
+        fa3, tg.flash_attn_3 = tg.flash_attn_3, None if sdpa else tg.flash_attn_3
+        try:
+            losses = [tg.train_step(runner, [loader.next_batch(args.train_batch_tokens // 8, args.train_seq_len)
+                                             for _ in range(rt.grad_accum_steps)], optimizers, args.grad_clip_norm, rt)
+                      for _ in range(n)]
+        finally:
+            tg.flash_attn_3 = fa3
+        return torch.stack(losses).mean().item()
+    return run
 
 
 def matmul_rate(device: torch.device) -> float:
@@ -246,12 +276,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=("smoke", "default"),
                         help="hyperparameter defaults: smoke (default on CPU) or the record's (default on CUDA)")
-    parser.add_argument("--steps", type=int, help="timed training steps (default: 10 on CPU, 20 on CUDA)")
+    parser.add_argument("--steps", type=int, help="timed training steps per repeat (default: 6 on CPU, 20 on CUDA)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps before them (compilation)")
     parser.add_argument("--chunks", type=int, help="evaluate the first N TTT chunks of the validation tokens "
                                                     "(default: all with --config smoke, 50 with --config default)")
     parser.add_argument("--repeat", type=int, default=3,
-                        help="timed runs of each evaluation and path, interleaved; the fastest counts")
+                        help="timed runs of each path, interleaved; the fastest counts")
     parser.add_argument("--skip", default="", help="comma-separated rows to leave out: train,standard,sliding,ttt,quantise")
     opts = parser.parse_args(argv)
     unknown = set(filter(None, opts.skip.split(","))) - {"train", "standard", "sliding", "ttt", "quantise"}
@@ -269,14 +299,14 @@ def main(argv=None):
     if rt.world_size > 1 and rt.device.type == "cpu":
         torch.set_num_threads(1)
     args = tg.Hyperparameters(run_id="bench")
-    steps = opts.steps or (20 if cuda else 10)
+    steps = opts.steps or (20 if cuda else 6)
     skip = set(filter(None, opts.skip.split(",")))
     token_bytes = tg.TokenBytes(tg.load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
     val_tokens = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, args.vocab_size)
     chunks = opts.chunks or (50 if config == "default" else None)
     if chunks:
         val_tokens = val_tokens[:chunks * args.ttt_chunk_tokens + 1]
-    val_tokens = val_tokens.to(rt.device)
+    val_host, val_tokens = val_tokens, val_tokens.to(rt.device)  # the record keeps its validation tokens on the host
     n_targets = val_tokens.numel() - 1
     say = print if rt.is_main else (lambda *a, **k: None)
     say(f"bench: config={config} device={describe(rt.device)} world_size={rt.world_size} "
@@ -291,22 +321,21 @@ def main(argv=None):
     def plain():
         return tg.place_model(tg.build_model(args), rt.device)
 
-    rows = []
+    rows, warmups = [], []
     if "train" not in skip:
         model = ours()
-        ours_ms, ours_loss = time_training(model, tg.build_optimizers(model, args), args, rt, steps, opts.warmup)
-        fa3, tg.flash_attn_3 = tg.flash_attn_3, None  # the straightforward path: SDPA
-        try:
-            model = tg.compile_model(plain(), args, rt.device)  # the record compiles its training forward too
-            plain_ms, plain_loss = time_training(model, straightforward_optimizers(model, args), args, rt, steps,
-                                                 opts.warmup)
-        finally:
-            tg.flash_attn_3 = fa3
-        rows.append(("training", "ms/step", ours_ms, plain_ms, plain_ms / ours_ms,
+        ours_run = trainer(model, tg.build_optimizers(model, args), args, rt)
+        model = tg.compile_model(plain(), args, rt.device)  # the record compiles its training forward too
+        plain_run = trainer(model, straightforward_optimizers(model, args), args, rt, sdpa=True)
+        if opts.warmup:  # compilation
+            ours_run(opts.warmup), plain_run(opts.warmup)
+        (ours_loss, ours_s), (plain_loss, plain_s) = race([lambda: ours_run(steps), lambda: plain_run(steps)],
+                                                          opts.repeat, rt)
+        rows.append(("training", "ms/step", 1000 * ours_s / steps, 1000 * plain_s / steps, plain_s / ours_s,
                      f"train_loss {ours_loss:.6f} / {plain_loss:.6f}"))
 
     model = plain()  # the evaluations score weights trained a few steps, the same for both paths
-    train(model, tg.build_optimizers(model, args), args, rt, 3)
+    trainer(model, tg.build_optimizers(model, args), args, rt)(3)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     evaluations = [("standard", lambda m, v: tg.evaluate(m, v, token_bytes, args, rt),
                     lambda m, v: straightforward_evaluate(m, v, token_bytes, args, rt)),
@@ -314,28 +343,24 @@ def main(argv=None):
                     lambda m, v: straightforward_evaluate(m, v, token_bytes, args, rt, args.eval_stride)),
                    ("ttt", lambda m, v: tg.evaluate_ttt(m, v, token_bytes, args, rt)[:2],
                     lambda m, v: straightforward_ttt(m, v, token_bytes, args, rt))]
-    warmup_tokens = val_tokens[:2 * args.ttt_chunk_tokens + 1]  # two TTT chunks: every shape the evaluations use
-    warmup_s = [0.0, 0.0]
+    n_warmup = 2 * args.ttt_chunk_tokens + 1  # two TTT chunks: every shape the evaluations use
     for name, ours_fn, plain_fn in evaluations:
         if name in skip:
             continue
         models = ours(), plain()
-        for i, (model, fn) in enumerate(zip(models, (ours_fn, plain_fn))):  # compilation, allocation
-            model.load_state_dict(weights)
-            warmup_s[i] += timed(lambda: fn(model, warmup_tokens), rt)[1]
-            model.load_state_dict(weights)
-        runs = ([], [])  # repeats interleaved in alternating order; the fastest counts, as load only slows
-        for r in range(opts.repeat):
-            for i in (0, 1) if r % 2 == 0 else (1, 0):
-                models[i].load_state_dict(weights)
-                runs[i].append(timed(lambda: (ours_fn, plain_fn)[i](models[i], val_tokens), rt))
-        (_, ours_bpb), ours_s = runs[0][0][0], min(seconds for _, seconds in runs[0])
-        (_, plain_bpb), plain_s = runs[1][0][0], min(seconds for _, seconds in runs[1])
+
+        def reset(i):
+            models[i].load_state_dict(weights)
+        (_, ours_s), (_, plain_s) = race([lambda: ours_fn(models[0], val_tokens[:n_warmup]),
+                                          lambda: plain_fn(models[1], val_host[:n_warmup])], 1, rt, reset)
+        warmups.append((f"{name} warm-up", "s", ours_s, plain_s, plain_s / ours_s,
+                        "first call, on 2 chunks: compilation, allocation"))
+        ((_, ours_bpb), ours_s), ((_, plain_bpb), plain_s) = race([lambda: ours_fn(models[0], val_tokens),
+                                                                   lambda: plain_fn(models[1], val_host)],
+                                                                  opts.repeat, rt, reset)
         rows.append((f"{name} eval", "tokens/s", n_targets / ours_s, n_targets / plain_s, plain_s / ours_s,
                      f"val_bpb {ours_bpb:.8f} / {plain_bpb:.8f} (diff {abs(ours_bpb - plain_bpb):.1e})"))
-    if any(warmup_s):
-        rows.append(("eval warm-up", "s", warmup_s[0], warmup_s[1], warmup_s[1] / warmup_s[0],
-                     "first calls, on 2 chunks: compilation, allocation"))
+    rows += warmups
     if "quantise" not in skip:
         (blob, seconds) = timed(lambda: tg.serialize(tg.quantize_state_dict(weights)), rt)
         rows.append(("quantise+zstd", "s", seconds, math.nan, math.nan, f"{len(blob):,} bytes"))

@@ -127,7 +127,7 @@ def test_straightforward_muon_is_muon():
         assert torch.allclose(a, b, atol=1e-6) and not torch.equal(a, s)
 
 
-ROW = re.compile(r"^\| (training|standard eval|sliding eval|ttt eval|eval warm-up|quantise\+zstd) +\| (\S+) +"
+ROW = re.compile(r"^\| (training|(?:standard|sliding|ttt) (?:eval|warm-up)|quantise\+zstd) +\| (\S+) +"
                  r"\| ([\d,.]+) +\| ([\d,.]+|—) +\| ([\d.]+x|—) +\| (.*?) +\|$", re.M)
 
 
@@ -135,7 +135,8 @@ def test_bench_prints_the_table(tiny_env, capsys):
     bench.main(["--config", "default", "--steps", "1", "--warmup", "1", "--repeat", "1"])
     out = capsys.readouterr().out
     rows = {m[1]: m for m in ROW.finditer(out)}
-    assert list(rows) == ["training", "standard eval", "sliding eval", "ttt eval", "eval warm-up", "quantise+zstd"]
+    assert list(rows) == ["training", "standard eval", "sliding eval", "ttt eval", "standard warm-up", "sliding warm-up",
+                          "ttt warm-up", "quantise+zstd"]
     assert re.search(r"^bench: config=default device=cpu .* world_size=1 grad_accum_steps=8 ", out, re.M)
     for name in ("standard eval", "sliding eval", "ttt eval"):
         ours, plain, diff = re.fullmatch(r"val_bpb ([\d.]+) / ([\d.]+) \(diff (\S+)\)", rows[name][6]).groups()
@@ -179,6 +180,6 @@ def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
                         clean_env(**tiny_env), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {m[1]: m for m in ROW.finditer(result.stdout)}
-    assert list(rows) == ["training", "ttt eval", "eval warm-up", "quantise+zstd"]
+    assert list(rows) == ["training", "ttt eval", "ttt warm-up", "quantise+zstd"]
     assert "world_size=2 grad_accum_steps=4" in result.stdout
     assert float(re.search(r"\(diff (\S+)\)", rows["ttt eval"][6])[1]) <= 1e-6
