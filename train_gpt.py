@@ -1114,7 +1114,7 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
         if p.requires_grad:
             params.append(p)
     optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
-    model.eval()  # QAT is off: in eval mode the linear layers skip the fake quantiser (all the mode changes)
+    model.eval()  # QAT is off, and the fake quantiser is all that eval mode turns off
     val_tokens, token_bytes = val_tokens.to(rt.device), token_bytes.to(rt.device)
     batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
     sums = torch.zeros(n_chunks, 3, dtype=torch.float64, device=rt.device)
