@@ -3,6 +3,7 @@
 
     python scripts/bench.py                                      # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=2 scripts/bench.py    # 2 ranks (gloo on CPU, NCCL on GPUs)
+    COMPILE=1 torchrun --standalone --nproc_per_node=2 scripts/bench.py  # CPU, compiled as on a GPU (slow to compile)
     python scripts/bench.py --config default --chunks 50 --repeat 1  # the record's model (needs FineWeb)
 
 Prints one table: training ms/step, tokens/s of the standard, sliding and TTT evaluations, and the
