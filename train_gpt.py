@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,14 @@ except ImportError:
 
 # ----------------------------------------------------------------------------- hyperparameters
 
-class InputError(Exception):
-    """Bad input (environment, data, tokenizer): the run stops with this one-line message."""
+MICRO_BATCHES = 8  # micro-batches per optimiser step: world_size x grad_accum_steps (the record's 8 GPUs x 1)
+
+class RunError(Exception):
+    """The run cannot go on: it stops with this one-line message, logged and printed, and exit 1."""
+
+
+class InputError(RunError):
+    """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
 
 
 class Hyperparameters:
@@ -58,6 +64,7 @@ class Hyperparameters:
     seed: int = 1337
     compile: str = "auto"  # auto: torch.compile on CUDA only; 1 or 0 to force
     eval_artifact: str = ""  # path of a final_model.int6.ptz: skip training, evaluate it (§7)
+    passthrough_max_numel: int = 65_536  # tensors this small stay fp16 in the artifact (§6)
     # training length and batch
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0: no cap
@@ -162,7 +169,7 @@ class Hyperparameters:
         for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
                      "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
-                     "soft_round_tau logit_softcap rope_base").split():
+                     "soft_round_tau logit_softcap rope_base passthrough_max_numel").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every "
                      "xsa_last_n muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
@@ -187,9 +194,9 @@ class Hyperparameters:
         need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
                                      and all(0 <= i < self.num_layers for i in self.ve_layers)),
              f"VE_LAYERS={','.join(map(str, self.ve_layers))} must name distinct layers in [0, {self.num_layers})")
-        need(self.train_batch_tokens % (8 * self.train_seq_len) == 0,
-             f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of 8 x TRAIN_SEQ_LEN={8 * self.train_seq_len} "
-             "(world_size x grad_accum_steps = 8 micro-batches per step)")
+        need(self.train_batch_tokens % (MICRO_BATCHES * self.train_seq_len) == 0,
+             f"TRAIN_BATCH_TOKENS={self.train_batch_tokens} must be a multiple of {MICRO_BATCHES} x TRAIN_SEQ_LEN="
+             f"{MICRO_BATCHES * self.train_seq_len} (world_size x grad_accum_steps = {MICRO_BATCHES} micro-batches per step)")
         need(self.eval_seq_len % self.eval_stride == 0,
              f"EVAL_STRIDE={self.eval_stride} must divide EVAL_SEQ_LEN={self.eval_seq_len} (windows stay inside TTT chunks)")
         need(self.ttt_chunk_tokens % self.eval_seq_len == 0,
@@ -215,7 +222,7 @@ def _parse(env_name: str, raw, kind: type):
             return value
         return kind(text)
     except ValueError:
-        expected = {bool: "0 or 1", tuple: "comma-separated integers"}.get(kind, f"a {kind.__name__}")
+        expected = {bool: "0 or 1", tuple: "comma-separated integers", int: "an integer", float: "a finite number"}[kind]
         raise InputError(f"{env_name}={text!r} is not valid: expected {expected}") from None
 
 
@@ -224,28 +231,39 @@ def _parse(env_name: str, raw, kind: type):
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 
 
-def atomic_write(path, data: bytes):
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a half file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(files: dict):
+    """Writes {path: bytes} all or none: each to a temporary file beside its path, then all renamed.
+    A failed write (disk full) leaves every path as it was and stops the run with a RunError."""
+    temps = {}
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            temps[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with open(temps[path], "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}; nothing was written") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
 
-def write_shard(path, tokens):
+def shard_bytes(tokens) -> bytes:
     """A shard in the challenge format: 256 int32 header (magic, version, count), uint16 tokens."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1 or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
         raise ValueError("tokens must be a 1-D sequence of integers in [0, 65535]")
     header = np.zeros(256, dtype="<i4")
     header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    atomic_write(path, header.tobytes() + tokens.astype("<u2").tobytes())
+    return header.tobytes() + tokens.astype("<u2").tobytes()
+
+
+def write_shard(path, tokens):
+    atomic_write({path: shard_bytes(tokens)})
 
 
 def shard_token_count(path) -> int:
@@ -264,12 +282,19 @@ def shard_token_count(path) -> int:
     return int(count)
 
 
-def read_shard(path, vocab_size: int = 65536) -> np.ndarray:
-    """A shard's tokens, each checked to be a valid id below vocab_size."""
-    tokens = np.fromfile(path, dtype="<u2", count=shard_token_count(path), offset=SHARD_HEADER_BYTES)
-    if tokens.size and tokens.max() >= vocab_size:
-        raise InputError(f"shard {path} holds token id {tokens.max()}, not below VOCAB_SIZE={vocab_size} (another tokenizer?)")
-    return tokens
+def read_shard(path) -> np.ndarray:
+    """A shard's tokens, mapped from disk (read as they are used)."""
+    return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(shard_token_count(path),))
+
+
+def existing_file(path, what: str) -> Path:
+    """path, if it is a file; otherwise an InputError saying what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    return path
 
 
 def list_shards(data_path, split: str) -> list[Path]:
@@ -281,24 +306,41 @@ def list_shards(data_path, split: str) -> list[Path]:
     files = sorted(root.glob(f"fineweb_{split}_*.bin"))
     if not files:
         raise InputError(f"DATA_PATH {root} holds no fineweb_{split}_*.bin shards")
+    for f in files:
+        existing_file(f, "shard")
     if sum(shard_token_count(f) for f in files) == 0:
         raise InputError(f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
     return files
 
 
+def check_token_ids(files, vocab_size: int, rt: Runtime):
+    """Stops the run at start if a shard holds a token id >= VOCAB_SIZE (another tokenizer's data),
+    rather than when the shard is first read. Each rank reads its share of the shards; one
+    all-reduce gives every rank each shard's largest id."""
+    largest = torch.zeros(len(files), dtype=torch.float64)
+    for i in range(rt.rank, len(files), rt.world_size):
+        largest[i] = float(read_shard(files[i]).max(initial=0))
+    if rt.world_size > 1:
+        largest = largest.to(rt.device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    for f, top in zip(files, largest.tolist()):
+        if top >= vocab_size:
+            raise InputError(f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
+
+
 class TokenStream:
     """The shards as one endless stream of tokens, in file order, wrapping around."""
 
-    def __init__(self, files, vocab_size: int = 65536):
-        self.files, self.vocab_size = list(files), vocab_size
-        self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0], vocab_size)
+    def __init__(self, files):
+        self.files = list(files)
+        self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0])
 
     def state(self) -> tuple[int, int]:
         return self.file_idx, self.pos
 
     def restore(self, state: tuple[int, int]):
         if state[0] != self.file_idx:
-            self.tokens = read_shard(self.files[state[0]], self.vocab_size)
+            self.tokens = read_shard(self.files[state[0]])
         self.file_idx, self.pos = state
 
     def take(self, n: int) -> np.ndarray:
@@ -306,7 +348,7 @@ class TokenStream:
         while n > 0:
             if self.pos == len(self.tokens):
                 self.file_idx = (self.file_idx + 1) % len(self.files)
-                self.tokens, self.pos = read_shard(self.files[self.file_idx], self.vocab_size), 0
+                self.tokens, self.pos = read_shard(self.files[self.file_idx]), 0
             k = min(n, len(self.tokens) - self.pos)
             parts.append(self.tokens[self.pos:self.pos + k])
             self.pos, n = self.pos + k, n - k
@@ -322,8 +364,8 @@ class DistributedTokenLoader:
     """Each micro-step takes world_size x (local_tokens + 1) consecutive tokens; rank r uses the
     r-th slice, inputs = slice[:-1] and targets = slice[1:], as (-1, seq_len)."""
 
-    def __init__(self, files, rank: int, world_size: int, device: torch.device, vocab_size: int = 65536):
-        self.stream, self.rank, self.world_size, self.device = TokenStream(files, vocab_size), rank, world_size, device
+    def __init__(self, files, rank: int, world_size: int, device: torch.device):
+        self.stream, self.rank, self.world_size, self.device = TokenStream(files), rank, world_size, device
 
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
         span = local_tokens + 1
@@ -332,9 +374,9 @@ class DistributedTokenLoader:
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
 
 
-def load_validation_tokens(files, seq_len: int, vocab_size: int = 65536) -> Tensor:
+def load_validation_tokens(files, seq_len: int) -> Tensor:
     """All val shards, truncated to a whole number of sequences plus one token."""
-    tokens = np.concatenate([read_shard(f, vocab_size) for f in files])
+    tokens = np.concatenate([read_shard(f) for f in files])
     usable = (len(tokens) - 1) // seq_len * seq_len
     if usable <= 0:
         raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
@@ -344,8 +386,7 @@ def load_validation_tokens(files, seq_len: int, vocab_size: int = 65536) -> Tens
 # ----------------------------------------------------------------------------- bits per byte (§3)
 
 def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
-    if not Path(path).is_file():
-        raise InputError(f"TOKENIZER_PATH {path} does not exist")
+    existing_file(path, "TOKENIZER_PATH")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
@@ -404,8 +445,11 @@ class BpbMeter:
 
 
 def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
-    """(nats per target, bits per byte) from sums of [nll, targets, bytes]."""
+    """(nats per target, bits per byte) from sums of [nll, targets, bytes]; a non-finite loss (the
+    weights are not finite) stops the run."""
     nll, targets, nbytes = sums.tolist()
+    if not math.isfinite(nll):
+        raise RunError(f"evaluation loss is {nll}: the model's weights are not finite")
     return nll / targets, nll / math.log(2) / nbytes
 
 
@@ -741,7 +785,17 @@ class Muon(torch.optim.Optimizer):
                 p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
 
 
-def build_optimizers(model: GPT, args: Hyperparameters) -> list[torch.optim.Optimizer]:
+@dataclass(frozen=True)
+class Optimizers:
+    """Muon for the matrices, AdamW for the rest; iterating gives both."""
+    muon: Muon
+    adam: torch.optim.AdamW
+
+    def __iter__(self):
+        return iter((self.muon, self.adam))
+
+
+def build_optimizers(model: GPT, args: Hyperparameters) -> Optimizers:
     """Muon for every linear weight; AdamW for the embedding tables and for all the rest."""
     matrices = [m.weight for m in model.modules() if isinstance(m, CastedLinear)]
     tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
@@ -754,7 +808,7 @@ def build_optimizers(model: GPT, args: Hyperparameters) -> list[torch.optim.Opti
     for opt in (muon, adam):
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
-    return [muon, adam]
+    return Optimizers(muon, adam)
 
 
 def set_lr_scale(optimizers, scale: float):
@@ -777,7 +831,7 @@ class Runtime:
 
     @property
     def grad_accum_steps(self) -> int:
-        return 8 // self.world_size
+        return MICRO_BATCHES // self.world_size
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -786,13 +840,13 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def agree_max(self, value: float) -> float:
-        """The largest value over all ranks, so that ranks take the same decisions."""
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
+    def agree_max(self, *values) -> list[float]:
+        """The largest of each value (number or 0-d tensor) over all ranks, in one all-reduce, so
+        that ranks take the same decisions."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
 
 
 def setup_runtime() -> Runtime:
@@ -801,8 +855,8 @@ def setup_runtime() -> Runtime:
         world_size, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     except ValueError:
         raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be integers") from None
-    if world_size < 1 or 8 % world_size:
-        raise InputError(f"WORLD_SIZE={world_size} must divide 8 (grad_accum_steps = 8 / WORLD_SIZE)")
+    if world_size < 1 or MICRO_BATCHES % world_size:
+        raise InputError(f"WORLD_SIZE={world_size} must divide {MICRO_BATCHES} (grad_accum_steps = {MICRO_BATCHES} / WORLD_SIZE)")
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -849,7 +903,7 @@ def warmup_prime(model, base_model: GPT, optimizers, loader: DistributedTokenLoa
     weights = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     stream = loader.stream.state()
-    local_tokens = args.train_batch_tokens // 8
+    local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for _ in range(args.warmup_steps):
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
         train_step(model, batches, optimizers, args.grad_clip_norm, rt)
@@ -898,14 +952,13 @@ class SWA:
 
 SUBMISSION_LIMIT_BYTES = 16_000_000
 ARTIFACT_PATH, RAW_MODEL_PATH = Path("final_model.int6.ptz"), Path("final_model.pt")
-PASSTHROUGH_MAX_NUMEL = 65_536
 INT6_CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 INT8_CLIP_QUANTILE = 0.9999984
 
 
-def quant_kind(name: str, t: Tensor) -> str:
+def quant_kind(name: str, t: Tensor, passthrough_max_numel: int = Hyperparameters.passthrough_max_numel) -> str:
     """passthrough (small or non-float), int6 (attention and MLP matrices) or int8 (the rest)."""
-    if not t.is_floating_point() or t.numel() <= PASSTHROUGH_MAX_NUMEL or t.ndim != 2:
+    if not t.is_floating_point() or t.numel() <= passthrough_max_numel or t.ndim != 2:
         return "passthrough"
     return "int6" if any(part in name for part in (".attn.", ".mlp.", ".proj.")) else "int8"
 
@@ -928,12 +981,13 @@ def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor
     return best_q.to(torch.int8), best_scale
 
 
-def quantize_state_dict(state_dict: dict[str, Tensor]) -> dict:
+def quantize_state_dict(state_dict: dict[str, Tensor],
+                        passthrough_max_numel: int = Hyperparameters.passthrough_max_numel) -> dict:
     """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors."""
     weights, meta = {}, {}
     for name, t in state_dict.items():
         t = t.detach().cpu()
-        kind = quant_kind(name, t)
+        kind = quant_kind(name, t, passthrough_max_numel)
         if kind == "passthrough":
             weights[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
         else:
@@ -967,18 +1021,20 @@ def serialize(obj) -> bytes:
     return buffer.getvalue()
 
 
-def write_artifact(container: dict, path=ARTIFACT_PATH) -> int:
-    """torch.save + zstd level 22, written atomically; returns the compressed size in bytes."""
-    blob = zstandard.ZstdCompressor(level=22).compress(serialize(container))
-    atomic_write(path, blob)
-    return len(blob)
+def compress_artifact(container: dict) -> bytes:
+    """The artifact's bytes: torch.save + zstd level 22."""
+    return zstandard.ZstdCompressor(level=22).compress(serialize(container))
+
+
+def kind_counts(container: dict) -> str:
+    """How many tensors of each kind an artifact holds, for the log."""
+    kinds = [m if m == "passthrough" else m["type"] for m in container["m"].values()]
+    return " ".join(f"{kind}:{kinds.count(kind)}" for kind in ("int6", "int8", "passthrough"))
 
 
 def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"artifact {path} does not exist")
+    path = existing_file(path, "artifact")
     try:
         raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
     except zstandard.ZstdError as e:
@@ -986,7 +1042,9 @@ def load_artifact(path) -> dict:
     try:
         container = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses any object that is not plain data
-        raise InputError(f"artifact {path} refused: not a plain container of tensors ({str(e).splitlines()[0]})") from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"a Python object ({found[1]}) that loading would create" if found else "data other than tensors and plain values"
+        raise InputError(f"artifact {path} refused: it holds {what}; only tensors, numbers, strings and dicts are loaded") from None
     meta_ok = lambda m: m == "passthrough" or (isinstance(m, dict) and m.get("type") in ("int6", "int8") and len(m) == 1)
     if not (isinstance(container, dict) and set(container) == {"w", "m"} and isinstance(container["w"], dict)
             and isinstance(container["m"], dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in container["w"].items())
@@ -1141,10 +1199,8 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
     return *loss_and_bpb(sums.sum(dim=0)), sums
 
 
-def evaluate_artifact(path, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
-    """Reloads the artifact from disk into a fresh model and runs the three final evaluations."""
-    model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
-    model.load_state_dict(dequantize_state_dict(load_artifact(path), model.state_dict()))
+def final_evaluations(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
+    """The three scored evaluations of the model holding the artifact's weights (§7), each timed."""
     evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
                    ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
     if args.ttt_enabled:
@@ -1166,14 +1222,29 @@ class Logger:
     def __init__(self, run_id: str, enabled: bool):
         self.file = None
         if enabled:
-            Path("logs").mkdir(exist_ok=True)
-            self.file = open(Path("logs") / f"{run_id}.txt", "w", buffering=1, encoding="utf-8")
+            path = Path("logs") / f"{run_id}.txt"
+            if path.parent.exists() and not path.parent.is_dir():
+                raise InputError("logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
+            try:
+                path.parent.mkdir(exist_ok=True)
+                self.file = open(path, "w", buffering=1, encoding="utf-8")
+            except OSError as e:
+                raise InputError(f"cannot write the log {path}: {e.strerror or e}") from None
 
     def __call__(self, message: str, console: bool = True):
         if self.file is not None:
             self.file.write(message + "\n")
             if console:
                 print(message, flush=True)
+
+    @contextmanager
+    def failures(self):
+        """A RunError ends the log with its ERROR line before it stops the run."""
+        try:
+            yield
+        except RunError as e:
+            self(f"ERROR: {e}", console=False)
+            raise
 
 
 def log_environment(log: Logger):
@@ -1187,135 +1258,164 @@ def log_environment(log: Logger):
     log("=" * 100, console=False)
 
 
+def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, token_bytes: TokenBytes, log,
+          clock) -> tuple[str, dict[str, Tensor]]:
+    """Trains for ITERATIONS steps or MAX_WALLCLOCK_SECONDS of training time, then the late burst
+    (§5). Returns the average to apply ("ema" or "swa") and its weights in fp32."""
+    loader = DistributedTokenLoader(train_files, rt.rank, rt.world_size, rt.device)
+    base_model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
+    model = base_model
+    if rt.world_size > 1:
+        model = DDP(base_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+    optimizers = build_optimizers(base_model, args)
+    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+    log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
+    warmup_prime(model, base_model, optimizers, loader, args, rt)
+
+    ema, swa = EMA(base_model, args.ema_decay), SWA()
+    burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
+    qat_on = soft_round_on = False
+    local_tokens = args.train_batch_tokens // MICRO_BATCHES
+    step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
+    t0 = clock()
+    while True:
+        last = step == args.iterations or step == stop_after
+        if last or (args.val_loss_every and step % args.val_loss_every == 0):
+            rt.synchronize()
+            training_ms += 1000 * (clock() - t0)
+            val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+            log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
+            t0 = clock()
+        if last:
+            if stop_after is not None:
+                log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
+            break
+
+        scale = lr_scale(step, elapsed_ms, args)
+        if not qat_on and scale < args.late_qat_threshold:
+            qat_on = True
+            base_model.set_qat(True, soft_round_on, args.soft_round_tau)
+            log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
+        if qat_on and not soft_round_on and scale < args.soft_round_threshold:
+            soft_round_on = True
+            base_model.set_qat(True, True, args.soft_round_tau)
+            log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
+        set_lr_scale(optimizers, scale)
+        warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
+        optimizers.muon.param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
+
+        batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
+        if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
+            burst.append((step, batches))
+        train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+        ema.update(base_model)
+        step += 1
+        if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
+            if swa.count == 0:
+                log(f"swa:start step:{step}")
+            swa.add(base_model)
+
+        # one all-reduce: ranks agree on the clock, and stop together on a diverged loss
+        elapsed_ms, diverged = rt.agree_max(training_ms + 1000 * (clock() - t0), ~torch.isfinite(train_loss))
+        if diverged:
+            raise RunError(f"training loss is not finite at step {step}: the run diverged (learning rates too high?); "
+                           "no model or artifact was written")
+        if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
+            log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
+                f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
+        if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
+            stop_after = step
+
+    if rt.device.type == "cuda":
+        log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+    if burst:  # replay the last steps' batches at a tenth of the learning rates (§5)
+        log(f"ttt_burst:start steps:{len(burst)} epochs:{args.ttt_burst_epochs} "
+            f"first_step:{burst[0][0]} last_step:{burst[-1][0]}")
+        set_lr_scale(optimizers, args.ttt_burst_lr_factor)
+        finite = torch.ones((), dtype=torch.bool, device=rt.device)
+        for _ in range(args.ttt_burst_epochs):
+            for _, batches in burst:
+                finite &= torch.isfinite(train_step(model, batches, optimizers, args.grad_clip_norm, rt))
+                ema.update(base_model)
+        if rt.agree_max(~finite)[0]:
+            raise RunError("training loss is not finite in the late burst: the run diverged; no model or artifact was written")
+        log("ttt_burst:done")
+
+    if args.weight_avg == "swa" and swa.count == 0:
+        log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
+    if args.weight_avg == "swa" and swa.count > 0:
+        log(f"weight_avg:swa snapshots:{swa.count}")
+        return "swa", swa.weights
+    log(f"weight_avg:ema decay:{args.ema_decay}")
+    return "ema", ema.weights
+
+
+def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log):
+    """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6+zstd artifact (§6),
+    both or neither; every rank learns whether that worked."""
+    failure = ""
+    if rt.is_main:
+        container = quantize_state_dict(averaged, args.passthrough_max_numel)
+        try:
+            atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container)})
+        except RunError as e:
+            failure = str(e)
+        else:
+            log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
+            log(f"Code size: {code_bytes()} bytes")
+            log(f"quantized_tensors: {kind_counts(container)}")
+    if rt.agree_max(float(bool(failure)))[0]:
+        raise RunError(failure or "rank 0 could not write the model files")
+
+
 def main(clock=time.perf_counter):
     args = Hyperparameters()
     rt = setup_runtime()
     log = Logger(args.run_id, rt.is_main)
-    log_environment(log)
-    log("hyperparameters: " + json.dumps(args.as_dict()))
-    token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
-    val_tokens = load_validation_tokens(list_shards(args.data_path, "val"), max(args.train_seq_len, args.eval_seq_len),
-                                        args.vocab_size).to(rt.device)
-    log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
-        f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
-    artifact = Path(args.eval_artifact) if args.eval_artifact else ARTIFACT_PATH
-    if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
-        if not artifact.is_file():
-            raise InputError(f"EVAL_ARTIFACT {artifact} does not exist")
-        log(f"eval_artifact:{artifact}")
-    else:
-        loader = DistributedTokenLoader(list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
-                                        args.vocab_size)
-        base_model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
-        model = base_model
-        if rt.world_size > 1:
-            model = DDP(base_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
-        optimizers = build_optimizers(base_model, args)
-        log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
-        log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
-        warmup_prime(model, base_model, optimizers, loader, args, rt)
+    with log.failures():
+        log_environment(log)
+        log("hyperparameters: " + json.dumps(args.as_dict()))
+        artifact = existing_file(args.eval_artifact, "EVAL_ARTIFACT") if args.eval_artifact else ARTIFACT_PATH
+        token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
+        val_files = list_shards(args.data_path, "val")
+        train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
+        check_token_ids(val_files + train_files, args.vocab_size, rt)
+        val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len)).to(rt.device)
+        log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
+            f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+        if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
+            log(f"eval_artifact:{artifact}")
+        else:
+            average, averaged = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
+        model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
+        if not args.eval_artifact:
+            model.load_state_dict(averaged)
+            t_eval = clock()
+            val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
+            log(f"DIAGNOSTIC post_{average} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+                f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
+            save_model(averaged, artifact, args, rt, log)
 
-        ema, swa = EMA(base_model, args.ema_decay), SWA()
-        burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
-        qat_on = soft_round_on = False
-        local_tokens = args.train_batch_tokens // 8
-        step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
-        t0 = clock()
-        while True:
-            last = step == args.iterations or step == stop_after
-            if last or (args.val_loss_every and step % args.val_loss_every == 0):
-                rt.synchronize()
-                training_ms += 1000 * (clock() - t0)
-                val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
-                log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                    f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
-                t0 = clock()
-            if last:
-                if stop_after is not None:
-                    log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
-                break
-
-            scale = lr_scale(step, elapsed_ms, args)
-            if not qat_on and scale < args.late_qat_threshold:
-                qat_on = True
-                base_model.set_qat(True, soft_round_on, args.soft_round_tau)
-                log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
-            if qat_on and not soft_round_on and scale < args.soft_round_threshold:
-                soft_round_on = True
-                base_model.set_qat(True, True, args.soft_round_tau)
-                log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
-            set_lr_scale(optimizers, scale)
-            warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
-            optimizers[0].param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
-
-            batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
-            if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
-                burst.append((step, batches))
-            train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-            ema.update(base_model)
-            step += 1
-            if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
-                if swa.count == 0:
-                    log(f"swa:start step:{step}")
-                swa.add(base_model)
-
-            elapsed_ms = rt.agree_max(training_ms + 1000 * (clock() - t0))
-            if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
-                log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
-                    f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
-            if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
-                stop_after = step
-
-        if rt.device.type == "cuda":
-            log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
-                f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
-        if burst:  # replay the last steps' batches at a tenth of the learning rates (§5)
-            log(f"ttt_burst:start steps:{len(burst)} epochs:{args.ttt_burst_epochs} "
-                f"first_step:{burst[0][0]} last_step:{burst[-1][0]}")
-            set_lr_scale(optimizers, args.ttt_burst_lr_factor)
-            for _ in range(args.ttt_burst_epochs):
-                for _, batches in burst:
-                    train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-                    ema.update(base_model)
-            log("ttt_burst:done")
-
-        if args.weight_avg == "swa" and swa.count == 0:
-            log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
-        use_swa = args.weight_avg == "swa" and swa.count > 0
-        averaged = swa.weights if use_swa else ema.weights  # fp32: saved and quantised as they are
-        base_model.load_state_dict(averaged)
-        log(f"weight_avg:{'swa snapshots:' + str(swa.count) if use_swa else 'ema decay:' + str(args.ema_decay)}")
-        base_model.set_qat(False, False, args.soft_round_tau)
-        t_eval = clock()
-        val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
-        log(f"DIAGNOSTIC post_{'swa' if use_swa else 'ema'} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-            f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
-
-        if rt.is_main:  # the averaged weights: raw, and as the int6+zstd artifact (§6)
-            atomic_write(RAW_MODEL_PATH, serialize(averaged))
-            log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
-            log(f"Code size: {code_bytes()} bytes")
-            write_artifact(quantize_state_dict(averaged), artifact)
-        if rt.world_size > 1:
-            dist.barrier()
-
-    model_bytes = artifact.stat().st_size
-    total_bytes = model_bytes + code_bytes()
-    log(f"Serialized model int6+zstd: {model_bytes} bytes")
-    log(f"Total submission size int6+zstd: {total_bytes} bytes")
-    over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
-    if total_bytes >= SUBMISSION_LIMIT_BYTES:
-        log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
-    evaluate_artifact(artifact, val_tokens, token_bytes, args, rt, log)
+        model_bytes = artifact.stat().st_size
+        total_bytes = model_bytes + code_bytes()
+        log(f"Serialized model int6+zstd: {model_bytes} bytes")
+        log(f"Total submission size int6+zstd: {total_bytes} bytes")
+        over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
+        if total_bytes >= SUBMISSION_LIMIT_BYTES:
+            log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
+        model.load_state_dict(dequantize_state_dict(load_artifact(artifact), model.state_dict()))
+        final_evaluations(model, val_tokens, token_bytes, args, rt, log)
+        if total_bytes >= SUBMISSION_LIMIT_BYTES:
+            raise RunError(over_limit)
     if rt.world_size > 1:
         dist.destroy_process_group()
-    if total_bytes >= SUBMISSION_LIMIT_BYTES:
-        raise InputError(over_limit)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except InputError as e:
+    except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -32,7 +32,7 @@ import sentencepiece as spm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from train_gpt import atomic_write, write_shard  # noqa: E402  (the one shard format of the project)
+from train_gpt import RunError, atomic_write, shard_bytes  # noqa: E402  (the one shard format of the project)
 
 DEFAULT_OUT = REPO / "data" / "sample"
 SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
@@ -130,9 +130,8 @@ def build_sample(out_dir, vocab_size=1024, max_chars=3_000_000):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = output_names(vocab_size)
-    atomic_write(out / names[0], model)
-    for name, tokens in zip(names[1:], (train[:cut], train[cut:], val)):
-        write_shard(out / name, tokens)
+    shards = {out / name: shard_bytes(tokens) for name, tokens in zip(names[1:], (train[:cut], train[cut:], val))}
+    atomic_write({out / names[0]: model, **shards})  # all four files or none
     return {"train_docs": len(train_docs), "val_docs": len(val_docs),
             "train_tokens": len(train), "val_tokens": len(val)}
 
@@ -149,7 +148,7 @@ def main(argv=None):
         return 0
     try:
         c = build_sample(args.out, args.vocab_size, args.max_chars)
-    except (SampleError, OSError, RuntimeError) as e:
+    except (SampleError, RunError, OSError, RuntimeError) as e:
         message = str(e).strip().splitlines() or [type(e).__name__]
         print(f"make_sample: error: {message[0]}", file=sys.stderr)
         return 1

@@ -3,8 +3,10 @@
 #   bash scripts/run_seeds.sh                          # seeds 1337 42 7, RUN_ID record_seed<SEED>
 #   SEEDS="42 7" RUN_PREFIX=try2 NPROC=8 bash scripts/run_seeds.sh
 # Each run writes logs/<RUN_ID>.txt; its final_model.int6.ptz is copied to logs/<RUN_ID>.int6.ptz
-# before the next seed overwrites it. Stops at the first failing run. Any other hyperparameter is
-# passed through from the environment (the same for every seed). Ends by printing the command that
+# before the next seed overwrites it, which marks the seed finished. Stops at the first failing run.
+# Run again to retry: finished seeds are kept and skipped, a failed seed's log is moved to
+# logs/<RUN_ID>.failed-<time>.txt and the seed runs again. Any other hyperparameter is passed
+# through from the environment (the same for every seed). Ends by printing the command that
 # summarises the logs (scripts/summarize_logs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,21 +29,27 @@ for seed in "${seeds[@]}"; do
     echo "error: seed $seed appears twice in SEEDS" >&2; exit 1
   fi
   seen[$seed]=1
-  if [[ -e "logs/${RUN_PREFIX}_seed${seed}.txt" ]]; then
-    echo "error: logs/${RUN_PREFIX}_seed${seed}.txt exists; choose another RUN_PREFIX or move it away" >&2; exit 1
-  fi
 done
 mkdir -p logs
 logs=()
 for seed in "${seeds[@]}"; do
   run_id="${RUN_PREFIX}_seed${seed}"
+  logs+=("logs/${run_id}.txt")
+  if [[ -f "logs/${run_id}.int6.ptz" && -f "logs/${run_id}.txt" ]]; then
+    echo "=== seed ${seed}: finished before (logs/${run_id}.txt, logs/${run_id}.int6.ptz), skipped"
+    continue
+  fi
+  if [[ -e "logs/${run_id}.txt" ]]; then
+    failed="logs/${run_id}.failed-$(date +%Y%m%d-%H%M%S).txt"
+    mv "logs/${run_id}.txt" "$failed"
+    echo "=== seed ${seed}: an earlier run did not finish; its log moved to ${failed}"
+  fi
   echo "=== seed ${seed}: RUN_ID=${run_id}, ${NPROC} processes"
   SEED="$seed" RUN_ID="$run_id" torchrun --standalone --nproc_per_node="$NPROC" train_gpt.py
   if [[ ! -f "logs/${run_id}.txt" || ! -f final_model.int6.ptz ]]; then
     echo "error: run ${run_id} left no logs/${run_id}.txt or final_model.int6.ptz" >&2; exit 1
   fi
   cp final_model.int6.ptz "logs/${run_id}.int6.ptz"
-  logs+=("logs/${run_id}.txt")
   echo "=== seed ${seed} done: logs/${run_id}.txt, logs/${run_id}.int6.ptz"
 done
 echo

@@ -1,0 +1,187 @@
+"""Runs that cannot go on: each stops with one line naming the problem (stderr and the log's last
+line), a non-zero exit, and no earlier model file damaged. Diverged training, non-finite
+evaluation, a full disk, bad paths, token ids beyond the vocabulary."""
+import io
+import os
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zstandard
+
+import train_gpt as tg
+from conftest import REPO, run_script
+
+SCRIPT = str(REPO / "train_gpt.py")
+OLD_FILES = {tg.RAW_MODEL_PATH: b"an earlier run's raw model", tg.ARTIFACT_PATH: b"an earlier run's artifact"}
+
+
+def plant_old_files(cwd):
+    for name, data in OLD_FILES.items():
+        (cwd / name).write_bytes(data)
+
+
+def assert_old_files_intact(cwd):
+    for name, data in OLD_FILES.items():
+        assert (cwd / name).read_bytes() == data, f"{name} was overwritten"
+    assert not list(cwd.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def assert_one_line_failure(result, *fragments) -> str:
+    """Exit 1, stderr exactly one 'error: ...' line holding the fragments, and the same message as
+    the log's last line (ERROR: ...). Returns the message."""
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    message = lines[0].removeprefix("error: ")
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def run_part(cwd, run_id="tiny") -> str:
+    """The log after the source and environment header."""
+    return (cwd / "logs" / f"{run_id}.txt").read_text().split("=" * 100 + "\n")[-1]
+
+
+def last_log_line(cwd, run_id="tiny") -> str:
+    return run_part(cwd, run_id).rstrip("\n").splitlines()[-1]
+
+
+def test_diverged_training_stops_at_the_step_and_writes_nothing(tiny_env, tmp_path):
+    plant_old_files(tmp_path)
+    result = run_script([sys.executable, SCRIPT], dict(tiny_env, MATRIX_LR="1e9"), tmp_path)
+    message = assert_one_line_failure(result, "training loss is not finite at step", "no model or artifact was written")
+    assert last_log_line(tmp_path) == f"ERROR: {message}"
+    step = int(message.split("at step ")[1].split(":")[0])
+    log = run_part(tmp_path)
+    assert f"step:{step - 1}/" in log and f"step:{step}/" not in log  # stopped at the first bad step
+    assert "DIAGNOSTIC" not in log and "Serialized model" not in log
+    assert_old_files_intact(tmp_path)
+
+
+def test_non_finite_evaluation_is_an_error(tiny_env, tmp_path, monkeypatch):
+    args = tg.Hyperparameters()
+    container = tg.quantize_state_dict(tg.build_model(args).state_dict(), args.passthrough_max_numel)
+    weights = container["w"]
+    key = "tok_emb.weight.scale" if "tok_emb.weight.scale" in weights else "tok_emb.weight"
+    weights[key].view(-1)[0] = float("nan")  # one row of the tied embedding: NaN logits
+    path = tmp_path / "nan.ptz"
+    path.write_bytes(tg.compress_artifact(container))
+    monkeypatch.setenv("EVAL_ARTIFACT", str(path))
+    with pytest.raises(tg.RunError, match="evaluation loss is nan"):
+        tg.main()
+    assert last_log_line(tmp_path).startswith("ERROR: evaluation loss is nan")
+    assert "final_int6_roundtrip_exact" not in run_part(tmp_path)
+
+
+def test_loss_and_bpb_refuses_non_finite_sums():
+    assert tg.loss_and_bpb(torch.tensor([2.0, 4.0, 8.0], dtype=torch.float64)) == pytest.approx((0.5, 0.25 / np.log(2)))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(tg.RunError, match="not finite"):
+            tg.loss_and_bpb(torch.tensor([bad, 4.0, 8.0], dtype=torch.float64))
+
+
+def limit_file_size(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_full_disk_writes_neither_model_file(tiny_env, tmp_path):
+    """Files larger than 200 kB cannot be written (the log fits, the raw model does not): the run
+    ends with one line, the earlier pair of model files stays as it was."""
+    plant_old_files(tmp_path)
+    result = subprocess.run([sys.executable, SCRIPT], env=dict(os.environ, **tiny_env), cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, preexec_fn=limit_file_size(200_000))
+    message = assert_one_line_failure(result, "cannot write", "nothing was written")
+    assert last_log_line(tmp_path) == f"ERROR: {message}"
+    assert_old_files_intact(tmp_path)
+
+
+def test_atomic_write_of_several_files_is_all_or_nothing(tmp_path):
+    first, second = tmp_path / "a.pt", tmp_path / "missing_dir" / "b.ptz"
+    first.write_bytes(b"old")
+    with pytest.raises(tg.RunError, match=r"cannot write .*b\.ptz.*nothing was written"):
+        tg.atomic_write({first: b"new", second: b"new"})
+    assert first.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.pt"]
+    tg.atomic_write({first: b"one", tmp_path / "c": b"two"})
+    assert first.read_bytes() == b"one" and (tmp_path / "c").read_bytes() == b"two"
+
+
+def test_a_failed_start_ends_its_log_with_the_error(tiny_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKENIZER_PATH", str(tmp_path))
+    with pytest.raises(tg.InputError, match="is a directory, not a file"):
+        tg.main()
+    assert last_log_line(tmp_path) == f"ERROR: TOKENIZER_PATH {tmp_path} is a directory, not a file"
+
+
+@pytest.mark.parametrize("variable", ["TOKENIZER_PATH", "EVAL_ARTIFACT"])
+def test_a_directory_is_not_called_missing(tiny_env, tmp_path, monkeypatch, variable):
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setenv(variable, str(tmp_path / "folder"))
+    with pytest.raises(tg.InputError, match=f"^{variable} .*folder is a directory, not a file$"):
+        tg.main()
+
+
+def test_a_shard_that_is_a_directory_is_one_line(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in tiny_data.glob("fineweb_*.bin"):
+        (data / f.name).write_bytes(f.read_bytes())
+    (data / "fineweb_train_000007.bin").mkdir()
+    with pytest.raises(tg.InputError, match=r"^shard .*fineweb_train_000007.bin is a directory, not a file$"):
+        tg.list_shards(data, "train")
+
+
+def test_a_file_named_logs_is_one_line(tiny_env, tmp_path):
+    (tmp_path / "logs").write_text("not a folder")
+    result = run_script([sys.executable, SCRIPT], tiny_env, tmp_path)
+    assert_one_line_failure(result, "logs exists but is not a directory")
+
+
+def test_unsafe_artifact_message_says_why_without_pytorch_advice(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this would run",))
+
+    buffer = io.BytesIO()
+    torch.save({"w": {}, "m": {}, "x": Payload()}, buffer)
+    path = tmp_path / "evil.ptz"
+    path.write_bytes(zstandard.ZstdCompressor().compress(buffer.getvalue()))
+    with pytest.raises(tg.InputError) as caught:
+        tg.load_artifact(path)
+    message = str(caught.value)
+    assert message.startswith(f"artifact {path} refused: it holds a Python object (")
+    assert "print) that loading would create" in message
+    assert "\n" not in message
+    for advice in ("weights_only", "trust", "safe_globals", "Weights only load failed"):
+        assert advice not in message
+
+
+@pytest.mark.parametrize("variable, value, expected", [("NUM_LAYERS", "abc", "an integer"),
+                                                       ("MATRIX_LR", "fast", "a finite number"),
+                                                       ("MATRIX_LR", "nan", "a finite number")])
+def test_type_errors_name_the_type_in_words(variable, value, expected):
+    with pytest.raises(tg.InputError, match=f"^{variable}='{value}' is not valid: expected {expected}$"):
+        tg.Hyperparameters(**{variable.lower(): value})
+
+
+def test_token_ids_are_checked_before_training(tiny_env, tmp_path, monkeypatch, tiny_data):
+    """An id >= VOCAB_SIZE in the last train shard stops the run at start, naming the shard, before
+    any training step (it used to surface when the stream first reached that shard)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in tiny_data.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    shards = tg.list_shards(data, "train")
+    tokens = np.array(tg.read_shard(shards[-1]))
+    tokens[len(tokens) // 2] = int(tiny_env["VOCAB_SIZE"])
+    tg.write_shard(shards[-1], tokens)
+    monkeypatch.setenv("DATA_PATH", str(data))
+    with pytest.raises(tg.InputError, match=rf"^shard {shards[-1]} holds token id {tiny_env['VOCAB_SIZE']}, not below VOCAB_SIZE"):
+        tg.main()
+    log = run_part(tmp_path)
+    assert "step:" not in log and "model_params" not in log
+
