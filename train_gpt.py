@@ -1,10 +1,10 @@
-"""Parameter golf: "Late Soft-Round QAT + Score-First Backward-Looking TTT" (SPEC §1-§8).
+"""Parameter golf: "Late Soft-Round QAT + Score-First Backward-Looking TTT" (docs/recipe.md §1-§8).
 
     torchrun --standalone --nproc_per_node=8 train_gpt.py    # the record's run on 8xH100
     python train_gpt.py                                      # one process: CPU or one GPU
 
 Every knob is an environment variable (class Hyperparameters). The file reads top to bottom:
-hyperparameters -> data -> bits per byte -> model -> optimisers -> training helpers ->
+hyperparameters -> data -> bits per byte -> model -> optimisers -> training helpers -> artifact ->
 evaluation -> main(). Importing it has no side effects.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ class InputError(RunError):
 
 
 class Hyperparameters:
-    """Every knob of a run (SPEC §8). The class attributes are the defaults (the record's); an
+    """Every knob of a run (recipe §8). The class attributes are the defaults (the record's); an
     instance reads each one from the environment variable of the same name in upper case, checks
     it, and is read-only. Keyword arguments override the environment (for tests and importers)."""
 

@@ -4,7 +4,7 @@
     python data/cached_challenge_fineweb.py --variant sp1024 --train-shards 1 # a quick start
 
 The files come from the dataset repo willdepueoai/parameter-golf (everything under `datasets/`)
-and are driven by its `datasets/manifest.json` (SPEC §2): the manifest's `datasets[]` entry
+and are driven by its `datasets/manifest.json` (docs/recipe.md §2): the manifest's `datasets[]` entry
 `fineweb10B_{variant}` names the tokenizer and the number of train/val shards; the matching
 `tokenizers[]` entry gives the tokenizer files. A repo file `datasets/X` lands at `<out>/X`:
 
@@ -130,7 +130,7 @@ def plan_from_manifest(manifest: dict, variant: str, train_shards: int,
         if not isinstance(rel, str) or not rel:
             raise DownloadError(f"{where} tokenizer {tok_name!r}: missing {key}")
         tok_files.append(_safe_rel(rel, where))
-    folder = _safe_rel(f"datasets/{name}", where)  # SPEC §2: datasets/datasets/fineweb10B_<variant>/ in the repo
+    folder = _safe_rel(f"datasets/{name}", where)  # recipe §2: datasets/datasets/fineweb10B_<variant>/ in the repo
     return {
         "dataset": name,
         "folder": folder,

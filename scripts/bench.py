@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Speed benchmark (SPEC §9, §10.6): our path against the straightforward one, timed in one run.
+"""Speed benchmark (docs/recipe.md §9, §10.6): our path against the straightforward one, timed in one run.
 
     python scripts/bench.py                                      # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=2 scripts/bench.py    # 2 ranks (gloo on CPU, NCCL on GPUs)
@@ -77,11 +77,11 @@ class StraightforwardMuon(tg.Muon):
 
 def straightforward_optimizers(model, args):
     optimizers = tg.build_optimizers(model, args)
-    muon = optimizers[0]
+    muon = optimizers.muon
     plain = StraightforwardMuon(muon.param_groups[0]["params"], lr=args.matrix_lr, momentum=args.muon_momentum_warmup_start,
                                 backend_steps=args.muon_backend_steps, weight_decay=args.muon_wd)
     plain.param_groups[0]["base_lr"] = muon.param_groups[0]["base_lr"]
-    return [plain, optimizers[1]]
+    return [plain, optimizers.adam]
 
 
 def record_forward(model, args, rt):
@@ -214,8 +214,7 @@ def race(fns, repeat: int, rt, reset=lambda i: None):
 def trainer(model, optimizers, args, rt, sdpa: bool = False):
     """run(n): n training steps of this path on its own stream, from the start; their mean loss.
     sdpa: FlashAttention-3 hidden, as on the straightforward path."""
-    loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device,
-                                       args.vocab_size)
+    loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
     runner = distributed(model, rt)
 
     def run(n: int) -> float:
@@ -303,7 +302,7 @@ def main(argv=None):
     steps = opts.steps or (20 if cuda else 6)
     skip = set(filter(None, opts.skip.split(",")))
     token_bytes = tg.TokenBytes(tg.load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
-    val_tokens = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, args.vocab_size)
+    val_tokens = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len)
     chunks = opts.chunks or (50 if config == "default" else None)
     if chunks:
         val_tokens = val_tokens[:chunks * args.ttt_chunk_tokens + 1]
@@ -363,7 +362,7 @@ def main(argv=None):
                      f"val_bpb {ours_bpb:.8f} / {plain_bpb:.8f} (diff {abs(ours_bpb - plain_bpb):.1e})"))
     rows += warmups
     if "quantise" not in skip:
-        (blob, seconds) = timed(lambda: tg.serialize(tg.quantize_state_dict(weights)), rt)
+        (blob, seconds) = timed(lambda: tg.compress_artifact(tg.quantize_state_dict(weights, args.passthrough_max_numel)), rt)
         rows.append(("quantise+zstd", "s", seconds, math.nan, math.nan, f"{len(blob):,} bytes"))
 
     say(table(rows))
