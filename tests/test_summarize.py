@@ -1,9 +1,11 @@
 """scripts/summarize_logs.py (the multi-seed summary, submission.json, the significance test against the
-record) and scripts/run_seeds.sh (the seeds one after another).
+record, the refusals, --plot) and scripts/run_seeds.sh (the seeds one after another).
 
-The record-format logs are written here from the published figures of RECORD.md (seeds 1337, 42, 7); the
-per-seed val_loss values are chosen consistent with the bpb (same nats/bits-per-byte ratio as seed 1337's
-published lines) and with the record's 3-seed mean val_loss of 1.88731 nats.
+Logs are built here with the published figures of RECORD.md (seeds 1337, 42, 7) in two layouts: ours
+(record_log: train_gpt.py's lines with the JSON hyperparameters line) and the published record's own
+(published_log: a stand-in source, no JSON line, key:value settings before the first step). The per-seed
+val_loss values are chosen consistent with the bpb (same nats/bits-per-byte ratio as seed 1337's published
+lines) and with the record's 3-seed mean val_loss of 1.88731 nats.
 """
 import json
 import math
@@ -12,6 +14,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -259,30 +262,39 @@ def test_t_test_verdict(record_logs, capsys, record, significant):
 
 
 def test_t_test_function():
-    test = S.t_test([1.0, 1.0], 1.01)  # no spread: the sign of the excess decides
-    assert test["significant"] and test["p"] == 0.0
-    assert not S.t_test([1.0, 1.0], 1.004)["significant"]
+    test = S.t_test([1.0, 1.01], 1.02)
+    assert test["df"] == 1 and test["t"] == pytest.approx((1.02 - 1.005 - 0.005) / (statistics.stdev([1.0, 1.01]) / math.sqrt(2)))
+    assert test["p"] == pytest.approx(0.5 - math.atan(test["t"]) / math.pi, abs=1e-12)  # Cauchy
     with pytest.raises(ValueError, match="2 seeds"):
         S.t_test([1.0], 1.9)
+    with pytest.raises(ValueError, match="zero standard deviation"):  # was p=0 and "significant"
+        S.t_test([1.0, 1.0], 1.01)
+    with pytest.raises(ValueError, match="finite"):
+        S.t_test([1.0, math.nan], 1.01)
 
 
-@pytest.mark.parametrize("t, df, p, tol", [
+def sample_with_t(t: float, n: int) -> tuple[list[float], float]:
+    """n val_losses and a record val_loss whose one-sample t statistic (against the 0.005 margin) is t."""
+    values = [1.9 + 0.001 * i * i for i in range(n)]
+    mean, s = statistics.fmean(values), statistics.stdev(values)
+    return values, mean + 0.005 + t * s / math.sqrt(n)
+
+
+@pytest.mark.parametrize("t, df, p, tol", [  # tables of Student's t (no scipy in the expected values)
     (2.0, 2, 0.0917517, 1e-7), (3.747, 4, 0.01, 1e-4), (6.965, 2, 0.01, 1e-5), (2.015, 5, 0.05, 1e-4),
-    (2.764, 10, 0.01, 1e-4), (1.0, 1, 0.25, 1e-12), (0.0, 7, 0.5, 1e-12), (-2.0, 2, 1 - 0.0917517, 1e-7),
+    (2.764, 10, 0.01, 1e-4), (1.0, 1, 0.25, 1e-9), (0.0, 7, 0.5, 1e-9), (-2.0, 2, 1 - 0.0917517, 1e-7),
 ])
-def test_t_sf_known_values(t, df, p, tol):
-    assert S.t_sf(t, df) == pytest.approx(p, abs=tol)
+def test_p_values_match_known_values(t, df, p, tol):
+    values, record = sample_with_t(t, df + 1)
+    test = S.t_test(values, record)
+    assert (test["t"], test["df"]) == (pytest.approx(t, abs=1e-9), df)
+    assert test["p"] == pytest.approx(p, abs=tol)
 
 
-def test_t_sf_against_closed_forms():
-    for t in [-30, -5, -1.5, -0.1, 0.3, 1, 2.5, 7, 50, 1e4]:
-        assert S.t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, abs=1e-12)  # Cauchy
-        assert S.t_sf(t, 2) == pytest.approx(t_sf_df2(t), abs=1e-12)
-        assert S.t_sf(t, 1e7) == pytest.approx(0.5 * math.erfc(t / math.sqrt(2)), abs=1e-6)  # normal limit
-        assert S.t_sf(t, 3.5) + S.t_sf(-t, 3.5) == pytest.approx(1.0, abs=1e-12)
-    assert S.t_sf(math.inf, 3) == 0.0 and S.t_sf(-math.inf, 3) == 1.0
-    with pytest.raises(ValueError):
-        S.t_sf(1.0, 0)
+def test_p_values_match_closed_forms():
+    for t in [-30, -5, -1.5, -0.1, 0.3, 1, 2.5, 7, 50]:
+        assert S.t_test(*sample_with_t(t, 2))["p"] == pytest.approx(0.5 - math.atan(t) / math.pi, abs=1e-9)  # Cauchy
+        assert S.t_test(*sample_with_t(t, 3))["p"] == pytest.approx(t_sf_df2(t), abs=1e-9)
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -350,6 +362,341 @@ def test_summarize_raises_refused(record_logs, tmp_path):
     assert [path for path, _ in e.value.problems] == [str(bad)]
 
 
+# ----------------------------------------------------------------------------- the published record's logs
+
+# A stand-in for the record's script (its real source is not copied into the project)
+PUBLISHED_SOURCE = ('"""A stand-in for the record\'s train_gpt.py."""\nimport torch\n\n\ndef main():\n'
+                    '    log0("=" * 100, console=False)\n    log0(f"seed:{args.seed}")\n')
+NVIDIA_SMI = [
+    "Sat Mar 21 10:00:00 2026",
+    "+-----------------------------------------------------------------------------------------+",
+    "| NVIDIA-SMI 570.86.15              Driver Version: 570.86.15      CUDA Version: 12.8     |",
+    "|-----------------------------------------+------------------------+----------------------+",
+    "| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |",
+    "|=========================================+========================+======================|",
+    "|   0  NVIDIA H100 80GB HBM3          On  |   00000000:18:00.0 Off |                    0 |",
+    "+-----------------------------------------+------------------------+----------------------+", ""]
+PUBLISHED_SETTINGS = dict(num_heads=8, num_kv_heads=4, embed_lr=0.035, matrix_lr=0.025, scalar_lr=0.025,
+                          train_batch_tokens=786432, train_seq_len=2048)
+PUBLISHED_TRAIN_STEPS = [1, 2, 3, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000]
+
+
+def published_log(seed, source=PUBLISHED_SOURCE, finished=True, ttt=True, **settings) -> str:
+    """A log in the layout of the record's train_seed<SEED>.log (no JSON line) with RECORD's figures."""
+    r, s = RECORD[seed], dict(PUBLISHED_SETTINGS, **settings)
+    ms = round(r["steps"] * r["step_avg"])
+    lines = [source.rstrip("\n"), SEP, "Running Python 3.12.12 (main, Oct 10 2025, 08:52:57) [GCC 11.4.0]",
+             "Running PyTorch 2.10.0+cu128", *NVIDIA_SMI, SEP,
+             "val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path=./data/tokenizers/fineweb_1024_bpe.model",
+             "val_loader:shards pattern=./data/datasets/fineweb10B_sp1024/fineweb_val_*.bin tokens:62021632",
+             "model_params:27124828", "world_size:8 grad_accum_steps:1",
+             "sdp_backends:cudnn=False flash=True mem_efficient=False math=False",
+             f"attention_mode:gqa num_heads:{s['num_heads']} num_kv_heads:{s['num_kv_heads']}",
+             f"tie_embeddings:True embed_lr:{s['embed_lr']} head_lr:0.0 matrix_lr:{s['matrix_lr']} "
+             f"scalar_lr:{s['scalar_lr']}",
+             f"train_batch_tokens:{s['train_batch_tokens']} train_seq_len:{s['train_seq_len']} iterations:20000 "
+             "warmup_steps:20 max_wallclock_seconds:600.000",
+             f"seed:{seed}"]
+    lines += [f"warmup_step:{i}/20" for i in range(1, 21)]
+    lines.append("step:0/20000 val_loss:6.9301 val_bpb:4.1044 train_time:0ms step_avg:0.01ms")
+    for step in PUBLISHED_TRAIN_STEPS:
+        avg = 130.43 if step == 1 else r["step_avg"]
+        loss = 1.9 + 5.0 / (1 + step / 50) + 0.001 * (seed % 10)
+        lines.append(f"step:{step}/20000 train_loss:{loss:.4f} train_time:{round(step * avg)}ms step_avg:{avg:.2f}ms")
+        if step == 4000:
+            lines.append(f"step:4000/20000 val_loss:2.0523 val_bpb:1.2155 train_time:{round(4000 * avg)}ms step_avg:{avg:.2f}ms")
+    lines += ["swa:start step:6350", "late_qat:enabled step:6510 scale:0.1499",
+              f"step:{r['steps']}/20000 val_loss:1.9168 val_bpb:1.1353 train_time:{ms}ms step_avg:{r['step_avg']:.2f}ms",
+              f"stopping_early: wallclock_cap train_time:{ms}ms step:{r['steps']}/20000",
+              "peak memory allocated: 21014 MiB reserved: 21386 MiB",
+              "ttt_burst:start epochs:2 steps:100",
+              f"DIAGNOSTIC post_ema val_loss:{r['post'][0]:.4f} val_bpb:{r['post'][1]:.4f} eval_time:1978ms",
+              "Serialized model: 106047497 bytes", "Code size: 81256 bytes",
+              f"Serialized model int6+zstd: {r['model']} bytes",
+              f"Total submission size int6+zstd: {r['total']} bytes"]
+    for name, key, extra in (("final_int6_roundtrip", "roundtrip", ""), ("final_int6_sliding_window", "sliding", " stride:64")):
+        loss, bpb = r[key]
+        lines += [f"{name} val_loss:{loss:.4f} val_bpb:{bpb:.4f}{extra} eval_time:5912ms",
+                  f"{name}_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}"]
+    if ttt:
+        lines += [f"ttt_chunk [{c}/1893] bpb:1.1621 time:{0.2 * c:.1f}s" for c in (1, 2, 3)]
+    if ttt and finished:
+        loss, bpb = r["ttt"]
+        lines += [f"ttt_chunk [1893/1893] bpb:{bpb:.4f} time:{r['ttt_ms'] / 1000 - 0.1:.1f}s",
+                  f"final_ttt val_loss:{loss:.4f} val_bpb:{bpb:.4f} eval_time:{r['ttt_ms']}ms",
+                  f"final_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f}"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def published_logs(tmp_path) -> list[Path]:
+    paths = []
+    for seed in SEEDS:
+        path = tmp_path / f"train_seed{seed}.log"
+        path.write_text(published_log(seed), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def step_lines(text: str):
+    """(train, val) curves read from a log's text: [(step, loss, train_time_ms)], [(step, val_loss, val_bpb, ms)]."""
+    train = [(int(a), float(b), float(c)) for a, b, c in
+             re.findall(r"^step:(\d+)/\d+ train_loss:([\d.]+) train_time:(\d+)ms", text, re.M)]
+    val = [(int(a), float(b), float(c), float(d)) for a, b, c, d in
+           re.findall(r"^step:(\d+)/\d+ val_loss:([\d.]+) val_bpb:([\d.]+) train_time:(\d+)ms", text, re.M)]
+    return train, val
+
+
+def test_published_log_is_read(published_logs):
+    text = published_logs[0].read_text()
+    assert len(re.findall(r"^=+$", text, re.M)) == 2 and "hyperparameters:" not in text
+    log = S.parse_log(published_logs[0])
+    r = RECORD[1337]
+    assert log["code"] == PUBLISHED_SOURCE.rstrip("\n") and log["hp_source"] == "header"
+    assert log["seed"] == 1337 and log["ttt_enabled"]
+    hp = log["hyperparameters"]
+    assert (hp["seed"], hp["matrix_lr"], hp["num_heads"], hp["train_seq_len"], hp["max_wallclock_seconds"],
+            hp["tie_embeddings"], hp["world_size"]) == (1337, 0.025, 8, 2048, 600.0, True, 8)
+    assert "warmup_step" not in hp and "train_loss" not in hp  # settings: the lines before the first step only
+    assert (log["steps"], log["iterations"], log["stopped_early"], log["step_avg_ms"]) == (7041, 20000, True, 85.22)
+    assert (log["post_kind"], log["post_val_loss"], log["post_val_bpb"]) == ("ema", 1.9167, 1.1352)
+    assert (log["roundtrip_val_loss"], log["roundtrip_val_bpb"]) == r["roundtrip"]
+    assert (log["sliding_val_loss"], log["sliding_val_bpb"]) == r["sliding"]  # "stride:64" before eval_time
+    assert (log["ttt_val_loss"], log["ttt_val_bpb"]) == r["ttt"]
+    assert log["ttt_time_s"] == pytest.approx(404.6)
+    assert (log["model_bytes"], log["total_bytes"], log["errors"], log["nonfinite"]) == (15619062, 15700318, [], [])
+    assert (log["train_curve"], log["val_curve"]) == step_lines(text)
+    assert [s for s, *_ in log["val_curve"]] == [0, 4000, 7041]
+    assert [s for s, *_ in log["train_curve"]] == PUBLISHED_TRAIN_STEPS
+
+
+def test_published_logs_give_the_published_figures(published_logs, tmp_path, capsys):
+    target = tmp_path / "submission.json"
+    argv = [str(p) for p in published_logs] + ["--submission", str(target), "--author", "A", "--github-id", "a",
+                                               "--name", "n", "--date", "2026-03-21"]
+    assert S.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows["1337"] == ["7041", "85.22", "1.1352", "1.14398", "1.12016", "1.11762", "404.6", "15619062", "15700318"]
+    assert rows["42"] == ["7025", "85.41", "1.1358", "1.14447", "1.12092", "1.11830", "404.0", "15768897", "15850153"]
+    assert rows["7"] == ["7035", "85.29", "1.1350", "1.14378", "1.12004", "1.11740", "385.0", "15625361", "15706617"]
+    assert rows["mean"][5] == "1.11777" and rows["mean"][8] == "15752363"
+    assert re.search(r"^mean val_loss 1\.88731000 nats .* mean val_bpb 1\.11777\d* .*final_ttt_exact$", out, re.M)
+    checks = [line for line in out.splitlines() if line.startswith("checks not made: ")]
+    assert len(checks) == 1
+    assert "hyperparameters not logged as JSON" in checks[0] and "train_seed1337.log" in checks[0]
+    assert "compared only the carried source" in checks[0] and "matrix_lr" in checks[0]
+    assert "TTT on/off not logged" in checks[0]
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in submission.json")
+    data = json.loads(target.read_text(), parse_constant=no_constants)  # strict JSON
+    assert data["val_bpb"] == pytest.approx(1.11777, abs=5e-6) and data["val_loss"] == pytest.approx(1.88731, abs=1e-8)
+    assert data["bytes_total"] == 15752363 and data["bytes_code"] == 81256
+    assert data["seeds"] == SEEDS and data["metric"] == "final_ttt_exact"
+    assert data["val_bpb_per_seed"] == [1.11762103, 1.11830004, 1.11740171]
+    assert data["bytes_total_per_seed"] == [15700318, 15850153, 15706617]
+
+
+def test_our_logs_print_no_checks_not_made_line(record_logs, capsys):
+    assert S.main([str(p) for p in record_logs]) == 0
+    assert "checks not made" not in capsys.readouterr().out
+    assert S.summarize(record_logs)["unchecked"] == []
+
+
+@pytest.mark.parametrize("old, new", [
+    (r"^(step:\d+/20000 train_loss:\S+)", r"\1 lr_scale:0.5000"),  # a token between known fields
+    (r"^(step:\d+/20000 val_loss:\S+ val_bpb:\S+ train_time:\S+ step_avg:\S+)$", r"\1 tokens:123"),  # one at the end
+    (r"^(final_ttt val_loss:\S+ val_bpb:\S+) (eval_time:\S+)$", r"\1 chunks:1893 \2"),  # eval_time after others
+    (r"^(final_\w+_exact val_loss:\S+ val_bpb:\S+)$", r"\1 tokens:62021632"),
+    (r"^(DIAGNOSTIC post_ema) (val_loss)", r"\1 swa_count:12 \2"),
+    (r"^(stopping_early: wallclock_cap) (train_time)", r"\1 reason:cap \2"),
+])
+def test_published_lines_with_extra_tokens_still_match(tmp_path, old, new):
+    text = published_log(1337)
+    changed, count = re.subn(old, new, text, flags=re.M)
+    assert count
+    (tmp_path / "a.log").write_text(changed)
+    (tmp_path / "b.log").write_text(text)
+    a, b = S.parse_log(tmp_path / "a.log"), S.parse_log(tmp_path / "b.log")
+    for key in ["steps", "step_avg_ms", "post_val_bpb", "ttt_time_s", "train_curve", "val_curve", "stopped_early",
+                *(f"{k}_val_{m}" for k in S.EXACT_KEYS.values() for m in ("loss", "bpb"))]:
+        assert a[key] == b[key], key
+
+
+def test_published_logs_of_other_source_or_other_matrix_lr_are_refused(published_logs, tmp_path, capsys):
+    other_code = tmp_path / "other_code.log"
+    other_code.write_text(published_log(42, source=PUBLISHED_SOURCE.replace("import torch", "import torch, math")))
+    lines = refused(capsys, [published_logs[0], other_code])
+    assert len(lines) == 1 and str(other_code) in lines[0] and "code differs" in lines[0] and "line 2" in lines[0]
+    other_lr = tmp_path / "other_lr.log"
+    other_lr.write_text(published_log(7, matrix_lr=0.03))
+    lines = refused(capsys, [published_logs[0], published_logs[1], other_lr])
+    assert len(lines) == 1 and str(other_lr) in lines[0]
+    assert "hyperparameters differ" in lines[0] and "matrix_lr (0.025 vs 0.03)" in lines[0] and "seed (" not in lines[0]
+
+
+def test_published_log_whose_ttt_did_not_finish_is_refused(published_logs, tmp_path, capsys):
+    bad = tmp_path / "unfinished.log"
+    bad.write_text(published_log(42, finished=False))
+    lines = refused(capsys, [published_logs[0], bad])
+    assert len(lines) == 1 and str(bad) in lines[0] and "unfinished run: no final_ttt_exact" in lines[0]
+
+
+def test_published_logs_without_ttt_or_without_seed(published_logs, tmp_path, capsys):
+    no_ttt = tmp_path / "no_ttt.log"
+    no_ttt.write_text(published_log(42, ttt=False))
+    assert not S.parse_log(no_ttt)["ttt_enabled"]
+    lines = refused(capsys, [published_logs[0], no_ttt])
+    assert len(lines) == 1 and f"TTT ran in {published_logs[0]} but not here" in lines[0]
+    no_seed = tmp_path / "no_seed.log"
+    no_seed.write_text(published_log(42).replace("seed:42\n", ""))
+    assert S.main([str(published_logs[0]), str(no_seed)]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out)["n/a"][0] == "7025"
+    assert re.search(r"^checks not made: .*; seed not logged \(no_seed\.log\) — distinct seeds not checked$", out, re.M)
+
+
+# ----------------------------------------------------------------------------- refusals: given twice, no spread, nan
+
+def refused_and_nothing_written(capsys, tmp_path, logs, record="1.90") -> str:
+    """Runs with --record-val-loss, --submission and --plot; returns the one line on stderr."""
+    target, png = tmp_path / "out" / "submission.json", tmp_path / "curves.png"
+    lines = refused(capsys, [*logs, "--record-val-loss", record, "--plot", png, "--submission", target,
+                             "--author", "A", "--github-id", "a", "--name", "n"])
+    assert len(lines) == 1 and lines[0].startswith("refused: ")
+    assert not target.exists() and not png.exists()
+    return lines[0]
+
+
+def test_refuses_the_same_log_given_twice(record_logs, tmp_path, capsys):
+    # it used to give p = 0, "significant", and write submission.json
+    a = record_logs[0]
+    line = refused_and_nothing_written(capsys, tmp_path, [a, a])
+    assert f"refused: {a}: the same file as {a}" in line and "given twice" in line
+    spelled = a.parent / "sub" / ".." / a.name
+    (a.parent / "sub").mkdir()
+    assert "the same file" in refused_and_nothing_written(capsys, tmp_path, [a, spelled])
+    linked = tmp_path / "linked.txt"
+    os.link(a, linked)
+    assert "the same file" in refused_and_nothing_written(capsys, tmp_path, [a, record_logs[1], linked])
+    copy = tmp_path / "copy.txt"
+    shutil.copy(a, copy)
+    line = refused_and_nothing_written(capsys, tmp_path, [a, copy])
+    assert f"refused: {copy}: the same content as {a}" in line
+
+
+def test_refuses_the_significance_test_without_spread(tmp_path, capsys):
+    # identical val_loss in two seeds: it used to give t=inf, p=0, "significant"
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(record_log(1337))
+    b.write_text(record_log(1337).replace('"seed": 1337', '"seed": 42').replace("record_seed1337", "record_seed42"))
+    line = refused_and_nothing_written(capsys, tmp_path, [a, b])
+    assert "zero standard deviation" in line and "1.88705130" in line and str(a) in line and str(b) in line
+    assert S.main([str(a), str(b)]) == 0  # without the test the summary is fine
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("old, new", [
+    ("final_ttt_exact val_loss:1.88819771", "final_ttt_exact val_loss:nan"),
+    ("final_ttt_exact val_loss:1.88819771 val_bpb:1.11830004", "final_ttt_exact val_loss:NaN val_bpb:NaN"),
+    ("DIAGNOSTIC post_ema val_loss:1.9178", "DIAGNOSTIC post_ema val_loss:inf"),
+    ("step:500/20000 train_loss:2.3816", "step:500/20000 train_loss:-inf"),
+])
+def test_refuses_non_finite_figures(record_logs, tmp_path, capsys, old, new):
+    # it used to write "val_loss": NaN into submission.json (not JSON)
+    bad = tmp_path / "nan.txt"
+    text = record_log(42)
+    assert old in text
+    bad.write_text(text.replace(old, new))
+    line = refused_and_nothing_written(capsys, tmp_path, [record_logs[0], bad, record_logs[2]])
+    assert line.startswith(f"refused: {bad}: non-finite value (nan/inf) in line ")
+    assert new.split()[0] in line
+
+
+def test_json_is_strict(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(ValueError):
+        S.write_json_atomic(target, {"val_loss": math.nan})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_submission_json_has_the_mode_of_a_new_file(record_logs, tmp_path, capsys, umask, mode):
+    target = tmp_path / "submission.json"
+    old = os.umask(umask)
+    try:
+        assert S.main([str(record_logs[0]), "--submission", str(target), "--author", "A", "--github-id", "a",
+                       "--name", "n"]) == 0  # was 0600 (tempfile.mkstemp)
+        S.write_atomic(tmp_path / "plain.txt", lambda f: f.write("x"))
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == mode
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == mode
+
+
+# ----------------------------------------------------------------------------- --plot
+
+def test_plot_draws_every_step_line_and_the_record_references(published_logs, tmp_path, capsys):
+    png = tmp_path / "curves.png"
+    assert S.main([str(p) for p in published_logs] + ["--plot", str(png)]) == 0
+    assert f"wrote {png}" in capsys.readouterr().out
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".png" or p.name.startswith(".")) == ["curves.png"]
+
+    logs = S.summarize(published_logs)["logs"]
+    fig = S.plot_curves(logs)
+    axes = fig.axes
+    assert len(axes) == 4
+    titles = [ax.get_title() for ax in axes]
+    assert titles == ["train loss vs step", "train loss vs training time",
+                      "val_bpb vs step (step 0 off scale)", "val_bpb vs training time (step 0 off scale)"]
+    for ax in axes[2:]:  # the later validations and the references are in view
+        low, high = ax.get_ylim()
+        assert low < 1.11740 and 1.2155 < high < 4.1044
+    for seed, path in zip(SEEDS, published_logs):
+        train, val = step_lines(path.read_text())
+        expected = [([s for s, _, _ in train], [v for _, v, _ in train]),
+                    ([t / 1000 for _, _, t in train], [v for _, v, _ in train]),
+                    ([s for s, *_ in val], [b for _, _, b, _ in val]),
+                    ([t / 1000 for *_, t in val], [b for _, _, b, _ in val])]
+        for ax, (xs, ys) in zip(axes, expected):
+            [line] = [line for line in ax.get_lines() if line.get_label() == f"seed {seed}"]
+            assert list(line.get_xdata()) == pytest.approx(xs) and list(line.get_ydata()) == pytest.approx(ys)
+    assert len(expected[0][0]) == len(PUBLISHED_TRAIN_STEPS) and len(expected[2][0]) == 3
+
+    def references(ax):
+        return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                for line in ax.get_lines() if line.get_label().startswith("record")}
+    for i, ax in enumerate(axes):
+        refs = references(ax)
+        vertical = [xs for xs, _ in refs.values() if len(set(xs)) == 1 and len(xs) == 2]
+        assert vertical == [[7034, 7034]] if i % 2 == 0 else vertical == [[600.0, 600.0]]
+        horizontal = sorted(ys[0] for xs, ys in refs.values() if len(ys) == 2 and len(set(ys)) == 1)
+        assert horizontal == ([] if i < 2 else [1.11777, 1.1353])
+    assert [1.2155] in [ys for _, ys in references(axes[2]).values()]
+    assert ([4000], [1.2155]) in references(axes[2]).values()
+
+
+def test_plot_to_a_bad_path_is_one_line(record_logs, tmp_path, capsys):
+    target = tmp_path / "missing" / "curves.png"
+    lines = refused(capsys, [record_logs[0], "--plot", target])
+    assert len(lines) == 1 and str(target) in lines[0] and "does not exist" in lines[0]
+    assert not target.parent.exists()
+    with pytest.raises(SystemExit):  # not a PNG name
+        S.main([str(record_logs[0]), "--plot", str(tmp_path / "curves.pdf")])
+    assert ".png" in capsys.readouterr().err
+
+
+def test_the_script_imports_without_scipy_or_matplotlib():
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import load_tool; "
+            "load_tool('scripts/summarize_logs.py', 's'); "
+            "print([m for m in ('scipy', 'matplotlib') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 # ----------------------------------------------------------------------------- a real log of train_gpt.py
 
 def test_a_real_run_log_passes_through_the_summarizer(tiny_env, monkeypatch, tmp_path, capsys):
@@ -383,6 +730,14 @@ def test_a_real_run_log_passes_through_the_summarizer(tiny_env, monkeypatch, tmp
         (tmp_path / "final_model.int6.ptz").stat().st_size
     assert log["total_bytes"] == int(grab(r"^Total submission size int6\+zstd: (\d+) bytes$"))
 
+    train = [(int(a), float(b), float(c)) for a, b, c in
+             re.findall(r"^step:(\d+)/4 train_loss:([\d.]+) train_time:(\d+)ms step_avg:[\d.]+ms$", run, re.M)]
+    assert log["train_curve"] == train and [s for s, _, _ in train] == [1, 2, 3, 4]
+    assert log["val_curve"] == [(4, *map(float, grab(r"^step:4/4 val_loss:([\d.]+) val_bpb:([\d.]+) train_time:(\d+)ms")))]
+    fig = S.plot_curves([log])
+    [drawn] = [line for line in fig.axes[0].get_lines() if line.get_label() == "seed 1337"]
+    assert (list(drawn.get_xdata()), list(drawn.get_ydata())) == ([1, 2, 3, 4], [v for _, v, _ in train])
+
     summary = S.summarize([path])
     assert summary["logs"][0] == log
     assert summary["val_loss"] == log["ttt_val_loss"] and summary["val_bpb"] == log["ttt_val_bpb"]
@@ -390,9 +745,17 @@ def test_a_real_run_log_passes_through_the_summarizer(tiny_env, monkeypatch, tmp
     other = tmp_path / "logs" / "tiny_seed42.txt"
     other.write_text(text.replace('"run_id": "tiny", "seed": 1337', '"run_id": "tiny_seed42", "seed": 42'))
     assert '"seed": 42' in other.read_text()
-    assert S.main([str(path), str(other), "--record-val-loss", "9.0"]) == 0
+    assert S.main([str(path), str(other)]) == 0
     out = capsys.readouterr().out
-    assert table_rows(out)["std"][5] == "0.00000" and "significant: improvement" in out
+    assert table_rows(out)["std"][5] == "0.00000" and "checks not made" not in out
+    # identical val_loss: the t-test is undefined (it used to say p=0, "significant")
+    lines = refused(capsys, [path, other, "--record-val-loss", "9.0"])
+    assert len(lines) == 1 and "zero standard deviation" in lines[0] and str(other) in lines[0]
+    lowered = tmp_path / "logs" / "tiny_seed42_lower.txt"
+    lowered.write_text(re.sub(r"^(final_ttt_exact val_loss:)([\d.]+)",
+                              lambda m: f"{m[1]}{float(m[2]) - 0.01:.8f}", other.read_text(), flags=re.M))
+    assert S.main([str(path), str(lowered), "--record-val-loss", "9.0"]) == 0
+    assert "significant: improvement" in capsys.readouterr().out
     changed = tmp_path / "logs" / "tiny_lr.txt"
     changed.write_text(other.read_text().replace('"matrix_lr": ', '"matrix_lr": 1'))
     lines = refused(capsys, [path, changed])
@@ -405,9 +768,9 @@ FAKE_TORCHRUN = """#!/usr/bin/env bash
 # records its arguments and environment, writes a log and an artifact like train_gpt.py
 set -eu
 echo "$* SEED=$SEED RUN_ID=$RUN_ID" >> calls.txt
-if [[ "${FAIL_SEED:-}" == "$SEED" ]]; then exit 3; fi
 mkdir -p logs
 echo "log of seed $SEED" > "logs/$RUN_ID.txt"
+if [[ "${FAIL_SEED:-}" == "$SEED" ]]; then exit 3; fi
 echo "artifact of seed $SEED" > final_model.int6.ptz
 """
 
@@ -442,9 +805,10 @@ def test_run_seeds_runs_each_seed_and_keeps_each_artifact(seeds_repo):
         assert (repo / "logs" / f"record_seed{seed}.int6.ptz").read_text() == f"artifact of seed {seed}\n"
     logs = " ".join(f"logs/record_seed{s}.txt" for s in SEEDS)
     assert f"python scripts/summarize_logs.py {logs} --record-val-loss 1.88731" in result.stdout
-    # a second run would overwrite the logs: refused before anything runs
+    # a second run keeps the finished seeds (log and artifact) and runs none again
     again = run_seeds(repo, env)
-    assert again.returncode != 0 and "record_seed1337.txt exists" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("finished before") == 3 and f"summarize_logs.py {logs}" in again.stdout
     assert len((repo / "calls.txt").read_text().splitlines()) == 3
 
 
@@ -455,8 +819,19 @@ def test_run_seeds_overrides_and_stops_at_the_first_failure(seeds_repo):
     calls = (repo / "calls.txt").read_text().splitlines()
     assert calls == ["--standalone --nproc_per_node=2 train_gpt.py SEED=5 RUN_ID=try_seed5",
                      "--standalone --nproc_per_node=2 train_gpt.py SEED=6 RUN_ID=try_seed6"]
-    assert sorted(p.name for p in (repo / "logs").iterdir()) == ["try_seed5.int6.ptz", "try_seed5.txt"]
+    assert sorted(p.name for p in (repo / "logs").iterdir()) == ["try_seed5.int6.ptz", "try_seed5.txt", "try_seed6.txt"]
     assert "summarize_logs.py" not in result.stdout
+    # run again: seed 5 is skipped, the failed seed's log is kept aside and the seed runs again
+    retry = run_seeds(repo, env, SEEDS="5 6 8", NPROC="2", RUN_PREFIX="try")
+    assert retry.returncode == 0, retry.stderr
+    assert (repo / "calls.txt").read_text().splitlines()[2:] == [
+        "--standalone --nproc_per_node=2 train_gpt.py SEED=6 RUN_ID=try_seed6",
+        "--standalone --nproc_per_node=2 train_gpt.py SEED=8 RUN_ID=try_seed8"]
+    names = sorted(p.name for p in (repo / "logs").iterdir())
+    assert [n for n in names if not n.startswith("try_seed6.failed-")] == \
+        [f"try_seed{s}.{ext}" for s in (5, 6, 8) for ext in ("int6.ptz", "txt")]
+    [failed] = [n for n in names if n.startswith("try_seed6.failed-")]
+    assert (repo / "logs" / failed).read_text() == "log of seed 6\n" and failed.endswith(".txt")
 
 
 def test_run_seeds_rejects_bad_seed_lists(seeds_repo):
