@@ -262,10 +262,6 @@ def shard_bytes(tokens) -> bytes:
     return header.tobytes() + tokens.astype("<u2").tobytes()
 
 
-def write_shard(path, tokens):
-    atomic_write({path: shard_bytes(tokens)})
-
-
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
     size = Path(path).stat().st_size

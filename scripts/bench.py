@@ -191,7 +191,7 @@ def timed(fn, rt):
     t0 = time.perf_counter()
     result = fn()
     rt.synchronize()
-    return result, rt.agree_max(time.perf_counter() - t0)
+    return result, rt.agree_max(time.perf_counter() - t0)[0]
 
 
 def distributed(model, rt):

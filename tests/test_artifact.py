@@ -11,28 +11,17 @@ import torch
 import zstandard
 
 import train_gpt as tg
-from conftest import TINY_CONFIG, TINY_VOCAB
+from conftest import (ONE, REPO, TINY, TINY_VOCAB, apply_env, filled_model, make_args, one, run_lines, tiny_args,
+                      tiny_run_env)
 
-CPU = torch.device("cpu")
-TINY = {k.lower(): v for k, v in TINY_CONFIG.items()}
 # The tiny topology, wide enough that some tensors pass 65,536 elements: mlp.fc (768x256) is int6,
 # tok_emb (512x256) int8, c_q (256x256 = 65,536) passthrough.
 MID = dict(TINY, model_dim="256", num_heads="4", num_kv_heads="2", rope_dims="16")
 
 
-def hp(config=TINY, **kw) -> tg.Hyperparameters:
-    return tg.Hyperparameters(**dict(config, run_id="artifact", **kw))
-
-
 def make_model(config=TINY, seed=1) -> tg.GPT:
-    """A model whose zero-initialised tensors are filled, so that every weight matters."""
-    model = tg.build_model(hp(config, seed=str(seed)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
+    """A model of config whose zero-initialised tensors are filled, so that every weight matters."""
+    return filled_model(make_args(config, seed=str(seed)), seed)
 
 
 def spec_kind(name: str, t: torch.Tensor) -> str:
@@ -52,7 +41,7 @@ def default_quantised():
     """The default-size (27M) state dict, with realistic non-zero weights of mixed magnitudes (some rows
     far above the 1/31 scale floor, a few outliers), and its quantised container. Built once."""
     with torch.random.fork_rng(devices=[]):
-        model = tg.build_model(tg.Hyperparameters(**dict(tg.Hyperparameters.defaults(), run_id="default")))
+        model = tg.build_model(make_args())  # the defaults, whatever the environment
         g = torch.Generator().manual_seed(0)
         sd = {}
         for name, t in model.state_dict().items():
@@ -102,6 +91,33 @@ def test_quantisation_routes_every_tensor_by_spec(default_quantised):
     # int6 really uses its range on the large rows, and int8 its own
     assert int(weights["blocks.0.mlp.fc.weight.q"].abs().max()) == 31
     assert int(weights["tok_emb.weight.q"].abs().max()) > 31
+
+
+def smoke_config() -> dict:
+    """scripts/smoke.env as Hyperparameters keyword arguments (the data paths left out)."""
+    lines = (REPO / "scripts" / "smoke.env").read_text().splitlines()
+    pairs = dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {k.lower(): v for k, v in pairs.items() if k not in ("DATA_PATH", "TOKENIZER_PATH")}
+
+
+def kinds_by_role(args: tg.Hyperparameters) -> dict[str, str]:
+    """Each tensor's kind in the artifact of this configuration's model, by its name with the block
+    number replaced (block counts differ between configurations)."""
+    state = tg.build_model(args).state_dict()
+    return {re.sub(r"blocks\.\d+\.", "blocks.N.", name): tg.quant_kind(name, t, args.passthrough_max_numel)
+            for name, t in state.items()}
+
+
+@pytest.mark.parametrize("config", ["smoke", "tiny"])
+def test_small_configurations_quantise_what_the_full_size_model_quantises(default_quantised, config):
+    """With their PASSTHROUGH_MAX_NUMEL, the smoke and test configurations store exactly the tensors
+    that are int6, int8 or fp16 at full size as int6, int8 or fp16: their runs quantise for real."""
+    sd, container = default_quantised
+    full = {re.sub(r"blocks\.\d+\.", "blocks.N.", name): m if m == "passthrough" else m["type"]
+            for name, m in container["m"].items()}
+    small = kinds_by_role(make_args(smoke_config() if config == "smoke" else TINY))
+    assert small == full
+    assert kinds_by_role(make_args(TINY, passthrough_max_numel="65536")) != full  # the setting is what makes it so
 
 
 def test_dequantised_error_is_at_most_half_a_step_below_the_clip(default_quantised):
@@ -201,8 +217,7 @@ def test_disk_round_trip_equals_in_memory_round_trip(tmp_path):
     source = make_model(MID, seed=1)
     container = tg.quantize_state_dict(source.state_dict())
     path = tmp_path / "final_model.int6.ptz"
-    size = tg.write_artifact(container, path)
-    assert size == path.stat().st_size > 0
+    tg.atomic_write({path: tg.compress_artifact(container)})
     assert zstandard.ZstdDecompressor().decompress(path.read_bytes())  # really zstd
 
     from_disk = make_model(MID, seed=2)
@@ -282,8 +297,8 @@ def test_load_refuses_anything_but_a_plain_container(tmp_path, case):
 
 def test_load_refuses_truncated_and_non_zstd_files(tmp_path):
     path = tmp_path / "final_model.int6.ptz"
-    tg.write_artifact(good_container(), path)
-    blob = path.read_bytes()
+    blob = tg.compress_artifact(good_container())
+    path.write_bytes(blob)
     assert tg.load_artifact(path)
     path.write_bytes(blob[:len(blob) // 2])
     assert_refused(path, "zstd")
@@ -313,18 +328,19 @@ def test_dequantise_into_a_different_model_names_the_tensor():
         tg.dequantize_state_dict(broken, make_model(MID).state_dict())
 
 
-# ----------------------------------------------------------------------------- atomic writes
+# ----------------------------------------------------------------------------- writing the model pair
 
-class Boom(RuntimeError):
-    pass
+class DiskFull(OSError):
+    def __init__(self):
+        super().__init__(28, "No space left on device")
 
 
-def _raise(*args, **kwargs):
-    raise Boom("simulated crash")
+def _disk_full(*args, **kwargs):
+    raise DiskFull()
 
 
 class HalfWriter:
-    """A file whose write() puts half the bytes on disk and then fails."""
+    """A file whose write() puts half the bytes on disk and then fails as a full disk does."""
 
     def __init__(self, f):
         self.f = f
@@ -338,58 +354,49 @@ class HalfWriter:
     def write(self, data):
         self.f.write(data[:len(data) // 2])
         self.f.flush()
-        raise Boom("disk full")
+        raise DiskFull()
 
     def __getattr__(self, name):
         return getattr(self.f, name)
 
 
-@pytest.mark.parametrize("failure", ["compress", "partial_write", "fsync", "replace"])
+@pytest.mark.parametrize("failure", ["partial_write", "fsync", "replace"])
 @pytest.mark.parametrize("existing", [False, True])
-def test_failed_write_leaves_no_artifact_and_keeps_the_old_one(tmp_path, monkeypatch, failure, existing):
-    container = good_container()
+def test_failed_write_keeps_the_old_pair_of_model_files(tmp_path, monkeypatch, failure, existing):
+    """save_model writes final_model.pt and the artifact both or neither: a failure anywhere in the
+    writes is a RunError naming the file, and leaves what was there (or nothing), no temporary file."""
+    args = tiny_args(passthrough_max_numel=256)
+    weights = make_model().state_dict()
     monkeypatch.chdir(tmp_path)
-    old = b"an older artifact"
+    old = {tg.RAW_MODEL_PATH: b"an older raw model", tg.ARTIFACT_PATH: b"an older artifact"}
     if existing:
-        tg.ARTIFACT_PATH.write_bytes(old)
-    if failure == "compress":
-        class FailingCompressor:
-            def __init__(self, *a, **k):
-                pass
-            compress = _raise
-        monkeypatch.setattr(tg.zstandard, "ZstdCompressor", FailingCompressor)
-    elif failure == "partial_write":
+        for path, data in old.items():
+            path.write_bytes(data)
+    if failure == "partial_write":
         monkeypatch.setattr(tg, "open", lambda *a, **k: HalfWriter(open(*a, **k)), raising=False)
     elif failure == "fsync":
-        monkeypatch.setattr(tg.os, "fsync", _raise)
+        monkeypatch.setattr(tg.os, "fsync", _disk_full)
     else:
-        monkeypatch.setattr(tg.os, "replace", _raise)
-    with pytest.raises(Boom):
-        tg.write_artifact(container, tg.ARTIFACT_PATH)
+        monkeypatch.setattr(tg.os, "replace", _disk_full)
+    log = []
+    with pytest.raises(tg.RunError, match=r"^cannot write final_model\.pt: No space left on device; nothing was written$"):
+        tg.save_model(weights, tg.ARTIFACT_PATH, args, ONE, log.append)
     left = sorted(p.name for p in tmp_path.iterdir())
     if existing:
-        assert left == ["final_model.int6.ptz"] and tg.ARTIFACT_PATH.read_bytes() == old
+        assert left == sorted(p.name for p in old) and all(p.read_bytes() == d for p, d in old.items())
     else:
-        assert left == []  # neither the artifact nor a temporary file
+        assert left == []  # neither file nor a temporary one
+    assert log == []
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
-    tg.write_artifact(container, tg.ARTIFACT_PATH)  # without the failure it is written
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_model.int6.ptz"]
-    assert tg.load_artifact(tg.ARTIFACT_PATH)["m"] == container["m"]
+    tg.save_model(weights, tg.ARTIFACT_PATH, args, ONE, log.append)  # without the failure both are written
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in old)
+    assert tg.load_artifact(tg.ARTIFACT_PATH)["m"] == tg.quantize_state_dict(weights, 256)["m"]
+    assert torch.load(tg.RAW_MODEL_PATH, weights_only=True).keys() == weights.keys()
+    assert log[-1] == "quantized_tensors: int6:24 int8:3 passthrough:24"  # 4 blocks x 6 matrices, 3 tables
 
 
 # ----------------------------------------------------------------------------- main(): size, limit, final_model.pt
-
-def run_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return lines[max(i for i, line in enumerate(lines) if line == "=" * 100) + 1:]
-
-
-def one(lines, pattern):
-    matches = [m for m in (re.fullmatch(pattern, line) for line in lines) if m]
-    assert len(matches) == 1, f"{pattern!r}: {len(matches)} matching lines"
-    return matches[0]
-
 
 def code_size() -> int:
     return len(Path(tg.__file__).read_bytes())
@@ -400,13 +407,9 @@ def trained_run(tiny_data, tmp_path_factory):
     """One tiny training run through main() (the environment of tiny_env, TTT off): its directory,
     log lines and the sizes of train_gpt.py before and after (other engineers may edit it meanwhile)."""
     cwd = tmp_path_factory.mktemp("run")
-    env = dict(TINY_CONFIG, DATA_PATH=str(tiny_data), TOKENIZER_PATH=str(tiny_data / f"sample_{TINY_VOCAB}_bpe.model"),
-               RUN_ID="tiny", TTT_ENABLED="0")
+    env = tiny_run_env(tiny_data, TTT_ENABLED="0")
     with pytest.MonkeyPatch.context() as mp:
-        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-            mp.delenv(key, raising=False)
-        for key, value in env.items():
-            mp.setenv(key, value)
+        apply_env(mp, env)
         mp.chdir(cwd)
         before = code_size()
         tg.main()
@@ -430,23 +433,24 @@ def test_main_logs_the_submission_size(trained_run):
 def test_final_model_pt_holds_the_averaged_weights(trained_run, tiny_data):
     cwd, lines, _, env = trained_run
     raw = torch.load(cwd / "final_model.pt", map_location="cpu", weights_only=True)
-    args = hp(TINY, seed=env.get("SEED", "1337"))
+    args = tiny_args(seed=env.get("SEED", "1337"))
     model = tg.build_model(args)
     model.load_state_dict(raw, strict=True)
     assert set(raw) == set(model.state_dict()) and all(t.dtype == torch.float32 for t in raw.values())
     # the artifact is the quantisation of exactly these weights
     container = tg.load_artifact(cwd / "final_model.int6.ptz")
-    expected = tg.quantize_state_dict(raw)
+    expected = tg.quantize_state_dict(raw, args.passthrough_max_numel)
     assert container["m"] == expected["m"] and set(container["w"]) == set(expected["w"])
     for name, t in expected["w"].items():
         assert torch.equal(container["w"][name], t), name
     restored = tg.dequantize_state_dict(container, model.state_dict())
-    for name, t in raw.items():
-        assert torch.allclose(restored[name], t, rtol=1e-3, atol=1e-6), name
+    for name, t in raw.items():  # (the quantised tensors' error bound has its own test above)
+        if container["m"][name] == "passthrough":
+            assert torch.allclose(restored[name], t, rtol=1e-3, atol=1e-6), name
     # and they are the averaged weights the run evaluated (DIAGNOSTIC post_ema), not the initial ones
     token_bytes = tg.TokenBytes(tg.load_tokenizer(env["TOKENIZER_PATH"], TINY_VOCAB))
     val = tg.load_validation_tokens(tg.list_shards(tiny_data, "val"), args.eval_seq_len)
-    val_loss, _ = tg.evaluate(model, val, token_bytes, args, tg.Runtime(0, 1, CPU))
+    val_loss, _ = tg.evaluate(model, val, token_bytes, args, ONE)
     logged = float(one(lines, r"DIAGNOSTIC post_ema val_loss:([\d.]+) val_bpb:[\d.]+ eval_time:\d+ms")[1])
     assert val_loss == pytest.approx(logged, abs=1e-4)
     assert not torch.equal(raw["blocks.0.attn.c_q.weight"], tg.build_model(args).state_dict()["blocks.0.attn.c_q.weight"])
@@ -457,14 +461,15 @@ def test_main_over_the_limit_logs_an_error_evaluates_and_raises(tiny_env, monkey
     monkeypatch.setenv("WARMDOWN_ITERS", "1")
     monkeypatch.setenv("TTT_ENABLED", "0")
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", 1000)
-    with pytest.raises(tg.InputError) as excinfo:
+    with pytest.raises(tg.RunError) as excinfo:
         tg.main()
     message = str(excinfo.value)
     assert "1000" in message and "limit" in message
     lines = run_lines(Path("logs/tiny.txt"))
     total = int(one(lines, r"Total submission size int6\+zstd: (\d+) bytes")[1])
     assert str(total) in message
-    error = lines.index(one(lines, r"ERROR: .*1000.*").string)
+    assert lines[-1] == f"ERROR: {message}"  # the run's last line
+    error = lines.index(one(lines, r"ERROR: .*1000.* evaluating anyway.*").string)
     assert error > lines.index(f"Total submission size int6+zstd: {total} bytes")
     for name in ("final_int6_roundtrip", "final_int6_sliding_window"):  # evaluations still ran, after the error
         assert lines.index(one(lines, rf"{name}_exact val_loss:[\d.]+ val_bpb:[\d.]+").string) > error
@@ -474,10 +479,7 @@ def test_main_over_the_limit_logs_an_error_evaluates_and_raises(tiny_env, monkey
 def test_limit_is_exclusive_in_eval_only_mode(trained_run, tmp_path, monkeypatch):
     """A total at the limit is an error; one byte below it is not (checked with EVAL_ARTIFACT)."""
     cwd, _, _, env = trained_run
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    apply_env(monkeypatch, env)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("EVAL_ARTIFACT", str(cwd / "final_model.int6.ptz"))
     monkeypatch.setenv("EVAL_STRIDE", "32")  # speed: this test is about the limit
@@ -488,6 +490,6 @@ def test_limit_is_exclusive_in_eval_only_mode(trained_run, tmp_path, monkeypatch
     assert not any(line.startswith("ERROR") for line in run_lines(Path("logs/below.txt")))
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", total)
     monkeypatch.setenv("RUN_ID", "at")
-    with pytest.raises(tg.InputError, match=str(total)):
+    with pytest.raises(tg.RunError, match=str(total)):
         tg.main()
     assert any(line.startswith("ERROR") for line in run_lines(Path("logs/at.txt")))

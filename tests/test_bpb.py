@@ -4,14 +4,12 @@ import math
 
 import numpy as np
 import pytest
-import sentencepiece as spm
 import torch
 
 import train_gpt
-from conftest import SHARED, TINY_VOCAB
-from train_gpt import BpbMeter, InputError, TokenBytes, load_tokenizer
+from conftest import TINY_TOKENIZER, TINY_VOCAB, fineweb_tokenizer
+from train_gpt import BpbMeter, TokenBytes, load_tokenizer
 
-REAL_TOKENIZER = SHARED / "data/fineweb_1024_bpe.model"
 SPACE = "\u2581"
 TEXT = ("The quick brown fox jumps over the lazy dog. Naïve café, déjà vu — 日本語 and emoji 🙂!\n"
         "Second line:  two  spaces, tabs\tand numbers 1234567890; (parentheses) [brackets] {braces}.")
@@ -19,7 +17,7 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Naïve café, déjà vu �
 
 @pytest.fixture(scope="module")
 def sp(tiny_data):
-    return load_tokenizer(tiny_data / f"sample_{TINY_VOCAB}_bpe.model", TINY_VOCAB)
+    return load_tokenizer(tiny_data / TINY_TOKENIZER, TINY_VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -182,29 +180,12 @@ def test_bpb_meter_random(sp, tb):
 
 # ----------------------------------------------------------------------------- loading tokenizers
 
-def test_load_tokenizer_wrong_vocab_size(tiny_data):
-    path = tiny_data / f"sample_{TINY_VOCAB}_bpe.model"
-    with pytest.raises(InputError) as info:
-        load_tokenizer(path, 1024)
-    assert "512" in str(info.value) and "1024" in str(info.value)
+# A wrong vocabulary size, a missing tokenizer and a file that is not a model: see test_cli.py
+# (vocab_mismatch, missing_tokenizer, tokenizer_not_a_model), which checks their one-line errors.
 
-
-def test_load_tokenizer_missing_or_invalid(tmp_path):
-    with pytest.raises(InputError):
-        load_tokenizer(tmp_path / "missing.model", 1024)
-    bad = tmp_path / "bad.model"
-    bad.write_bytes(b"this is not a sentencepiece model")
-    with pytest.raises(InputError):
-        load_tokenizer(bad, 1024)
-
-
-def test_load_tokenizer_returns_processor(sp):
-    assert isinstance(sp, spm.SentencePieceProcessor) and sp.vocab_size() == TINY_VOCAB
-
-
-@pytest.mark.skipif(not REAL_TOKENIZER.exists(), reason="the published tokenizer is not in ../shared/data")
 def test_real_tokenizer_tables():
-    sp = load_tokenizer(REAL_TOKENIZER, 1024)
+    """The published tokenizer (FINEWEB_TOKENIZER; skipped when it is unset)."""
+    sp = load_tokenizer(fineweb_tokenizer(), 1024)
     tb = TokenBytes(sp)
     assert sp.vocab_size() == 1024
     assert [sp.is_control(i) for i in range(3)] == [True] * 3 and sp.is_unknown(3)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import train_gpt
-from train_gpt import (DistributedTokenLoader, InputError, TokenStream, atomic_write, list_shards,
-                       load_validation_tokens, read_shard, shard_token_count, write_shard)
+from conftest import CPU, write_shard
+from train_gpt import (DistributedTokenLoader, InputError, TokenStream, atomic_write, check_token_ids, list_shards,
+                       load_validation_tokens, read_shard, shard_token_count)
 
 MAGIC, VERSION = 20240520, 1
 
@@ -19,6 +20,14 @@ def raw_shard(path, tokens, magic=MAGIC, version=VERSION, count=None, extra=b"")
     header[:3] = magic, version, len(tokens) if count is None else count
     path.write_bytes(header.tobytes() + np.asarray(tokens, dtype="<u2").tobytes() + extra)
     return path
+
+
+def write_shards(directory, split, parts) -> list:
+    """parts written by write_shard as fineweb_{split}_000000.bin, _000001.bin, ...; their paths."""
+    files = [directory / f"fineweb_{split}_{i:06d}.bin" for i in range(len(parts))]
+    for path, part in zip(files, parts):
+        write_shard(path, part)
+    return files
 
 
 def no_temp_files(directory, keep):
@@ -73,15 +82,6 @@ def test_shard_errors_name_the_file(tmp_path, kwargs, pattern):
         assert str(path) in str(info.value)
 
 
-def test_truncated_shard(tmp_path):
-    path = tmp_path / "fineweb_train_000003.bin"
-    write_shard(path, np.arange(100))
-    path.write_bytes(path.read_bytes()[:-2])  # lost the last token: size != 1024 + 2N
-    with pytest.raises(InputError) as info:
-        shard_token_count(path)
-    assert str(path) in str(info.value)
-
-
 @pytest.mark.parametrize("size", [0, 12, 1023])
 def test_file_shorter_than_header(tmp_path, size):
     path = tmp_path / "fineweb_train_000000.bin"
@@ -105,10 +105,10 @@ def test_write_shard_rejects_bad_tokens(tmp_path, tokens):
 
 def test_atomic_write_writes_and_overwrites(tmp_path):
     path = tmp_path / "artifact.bin"
-    atomic_write(path, b"first")
-    atomic_write(str(path), b"second version")
-    assert path.read_bytes() == b"second version"
-    assert no_temp_files(tmp_path, ["artifact.bin"])
+    atomic_write({path: b"first"})
+    atomic_write({str(path): b"second version", tmp_path / "other.bin": b"other"})
+    assert path.read_bytes() == b"second version" and (tmp_path / "other.bin").read_bytes() == b"other"
+    assert no_temp_files(tmp_path, ["artifact.bin", "other.bin"])
 
 
 def test_atomic_write_failure_at_rename_leaves_nothing(tmp_path, monkeypatch):
@@ -119,24 +119,24 @@ def test_atomic_write_failure_at_rename_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk gone")
 
     monkeypatch.setattr(train_gpt.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk gone"):
-        atomic_write(path, b"data")
+    with pytest.raises(train_gpt.RunError, match=f"cannot write {path}: disk gone"):
+        atomic_write({path: b"data"})
     assert not path.exists()
     assert no_temp_files(tmp_path, [])
 
 
 def test_atomic_write_failure_mid_write_keeps_old_file(tmp_path):
     path = tmp_path / "artifact.bin"
-    atomic_write(path, b"old contents")
+    atomic_write({path: b"old contents"})
 
     with pytest.raises(TypeError):
-        atomic_write(path, 12345)  # not bytes: the write itself fails
+        atomic_write({path: 12345})  # not bytes: the write itself fails
     assert path.read_bytes() == b"old contents"
     assert no_temp_files(tmp_path, ["artifact.bin"])
     new = tmp_path / "new.bin"
     with pytest.raises(TypeError):
-        atomic_write(new, object())
-    assert not new.exists()
+        atomic_write({new: b"fine", path: object()})  # the second fails: neither is written
+    assert not new.exists() and path.read_bytes() == b"old contents"
     assert no_temp_files(tmp_path, ["artifact.bin"])
 
 
@@ -180,11 +180,7 @@ def test_list_shards_sorted_and_checked(tmp_path):
 @pytest.fixture
 def three_shards(tmp_path):
     parts = [np.arange(0, 10), np.arange(10, 15), np.arange(15, 22)]
-    files = []
-    for i, part in enumerate(parts):
-        files.append(tmp_path / f"fineweb_train_{i:06d}.bin")
-        write_shard(files[-1], part)
-    return files, np.concatenate(parts)
+    return write_shards(tmp_path, "train", parts), np.concatenate(parts)
 
 
 def test_token_stream_crosses_shards_and_wraps(three_shards):
@@ -221,15 +217,12 @@ def test_token_stream_state_restore(three_shards):
 def test_distributed_loader_against_numpy(tmp_path, world_size):
     rng = np.random.default_rng(0)
     parts = [rng.integers(0, 65536, size=n) for n in (37, 5, 60)]
-    files = []
-    for i, part in enumerate(parts):
-        files.append(tmp_path / f"fineweb_train_{i:06d}.bin")
-        write_shard(files[-1], part)
+    files = write_shards(tmp_path, "train", parts)
     stream = np.concatenate(parts)
     local_tokens, seq_len, calls = 12, 4, 9
     span = local_tokens + 1
     reference = np.tile(stream, calls * world_size * span // len(stream) + 2)
-    loaders = [DistributedTokenLoader(files, r, world_size, torch.device("cpu")) for r in range(world_size)]
+    loaders = [DistributedTokenLoader(files, r, world_size, CPU) for r in range(world_size)]
     for c in range(calls):
         chunk = reference[c * world_size * span:(c + 1) * world_size * span]
         for r, loader in enumerate(loaders):
@@ -239,14 +232,13 @@ def test_distributed_loader_against_numpy(tmp_path, world_size):
             assert x.dtype == y.dtype == torch.int64
             assert np.array_equal(x.numpy(), piece[:-1].reshape(-1, seq_len)), (c, r)
             assert np.array_equal(y.numpy(), piece[1:].reshape(-1, seq_len)), (c, r)
-    assert calls * world_size * span > len(stream)  # the reference really wrapped around
 
 
 def test_distributed_loader_ranks_take_disjoint_slices(tmp_path):
     path = tmp_path / "fineweb_train_000000.bin"
     write_shard(path, np.arange(1000))
-    r0 = DistributedTokenLoader([path], 0, 2, torch.device("cpu"))
-    r1 = DistributedTokenLoader([path], 1, 2, torch.device("cpu"))
+    r0 = DistributedTokenLoader([path], 0, 2, CPU)
+    r1 = DistributedTokenLoader([path], 1, 2, CPU)
     x0, y0 = r0.next_batch(8, 4)
     x1, y1 = r1.next_batch(8, 4)
     assert x0.flatten().tolist() == list(range(0, 8)) and y0.flatten().tolist() == list(range(1, 9))
@@ -261,14 +253,11 @@ def test_distributed_loader_ranks_take_disjoint_slices(tmp_path):
 def test_load_validation_tokens_truncates(tmp_path, sizes, seq_len):
     rng = np.random.default_rng(1)
     parts = [rng.integers(0, 1024, size=n) for n in sizes]
-    files = []
-    for i, part in enumerate(parts):
-        files.append(tmp_path / f"fineweb_val_{i:06d}.bin")
-        write_shard(files[-1], part)
+    files = write_shards(tmp_path, "val", parts)
     tokens = np.concatenate(parts)
     expected_len = (len(tokens) - 1) // seq_len * seq_len + 1
     got = load_validation_tokens(files, seq_len)
-    assert isinstance(got, torch.Tensor) and got.ndim == 1
+    assert got.ndim == 1
     assert len(got) == expected_len
     assert np.array_equal(got.numpy().astype(np.int64), tokens[:expected_len])
 
@@ -291,13 +280,10 @@ def test_sample_data_shards_are_valid(tiny_data):
 
 
 def test_token_ids_beyond_the_vocabulary_are_a_clear_error(tmp_path):
-    """Shards made with another tokenizer: an InputError naming the file, not an index error later."""
-    path = tmp_path / "fineweb_val_000000.bin"
-    write_shard(path, [1, 5, 700, 3])
-    assert list(read_shard(path, vocab_size=701)) == [1, 5, 700, 3]
-    with pytest.raises(InputError, match=r"fineweb_val_000000\.bin.*700.*VOCAB_SIZE=512"):
-        read_shard(path, vocab_size=512)
-    with pytest.raises(InputError, match="VOCAB_SIZE=512"):
-        load_validation_tokens([path], 2, vocab_size=512)
-    with pytest.raises(InputError, match="VOCAB_SIZE=512"):
-        TokenStream([path], vocab_size=512)
+    """Shards made with another tokenizer: an InputError naming the file and the id, at start."""
+    paths = [tmp_path / "fineweb_val_000000.bin", tmp_path / "fineweb_val_000001.bin"]
+    write_shard(paths[0], [1, 5, 3])
+    write_shard(paths[1], [1, 5, 700, 3])
+    check_token_ids(paths, 701, train_gpt.Runtime(0, 1, torch.device("cpu")))
+    with pytest.raises(InputError, match=r"^shard .*fineweb_val_000001\.bin holds token id 700, not below VOCAB_SIZE=512"):
+        check_token_ids(paths, 512, train_gpt.Runtime(0, 1, torch.device("cpu")))

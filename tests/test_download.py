@@ -21,9 +21,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import pytest
 
-
-from conftest import REPO, load_tool  # noqa: E402
-from train_gpt import write_shard  # noqa: E402
+from conftest import REPO, load_tool, write_shard
 
 dl = load_tool("data/cached_challenge_fineweb.py", "cached_challenge_fineweb")
 
@@ -37,7 +35,7 @@ TRAIN = [f"{DS}/fineweb_train_{i:06d}.bin" for i in range(3)]
 
 
 def make_manifest(files_train=3, files_val=1):
-    """The shape of shared/reference/manifest_example.json, at toy size."""
+    """A manifest of the dataset repo's shape (that of tests/data/manifest_example.json), at toy size."""
     return {
         "version": "10B", "num_docs": 100, "num_val_docs": 10, "shard_size": 1000,
         "tokenizers": [{"name": "sp_bpe_1024", "kind": "sentencepiece_bpe", "vocab_size": 1024, "bos_id": 1,
@@ -337,7 +335,8 @@ def test_negative_train_shards_is_a_usage_error(capsys):
 
 
 def test_plan_from_manifest_of_the_reference_shape():
-    manifest = json.loads((REPO / "tests" / "data" / "manifest_example.json").read_text())  # copy of shared/reference
+    # tests/data/manifest_example.json: an example manifest of the dataset repo at full size (1 val, 195 train shards)
+    manifest = json.loads((REPO / "tests" / "data" / "manifest_example.json").read_text())
     plan = dl.plan_from_manifest(manifest, "sp1024", 80)
     assert plan["tokenizer"] == TOKENIZER
     assert plan["val"] == [f"{DS}/fineweb_val_000000.bin"]

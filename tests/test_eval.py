@@ -10,38 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import train_gpt as tg
-from conftest import TINY_CONFIG, TINY_VOCAB
-
-CPU = torch.device("cpu")
-ONE = tg.Runtime(0, 1, CPU)
-TINY = {k.lower(): v for k, v in TINY_CONFIG.items()}
-L, S, K = int(TINY["eval_seq_len"]), int(TINY["eval_stride"]), int(TINY["ttt_chunk_tokens"])  # 32, 8, 256
-
-
-def hp(**kw) -> tg.Hyperparameters:
-    return tg.Hyperparameters(**dict(TINY, run_id="eval", **{k: str(v) for k, v in kw.items()}))
-
-
-def make_model(seed=1) -> tg.GPT:
-    """The tiny model made non-trivial: zero-initialised tensors and tok_emb filled with large random
-    values, so that every target's loss depends on its context."""
-    model = tg.build_model(hp(seed=seed))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if not p.any() or name == "tok_emb.weight":
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
-
-
-def load_inputs(tiny_data, n_targets):
-    token_bytes = tg.TokenBytes(tg.load_tokenizer(tiny_data / f"sample_{TINY_VOCAB}_bpe.model", TINY_VOCAB))
-    val = tg.load_validation_tokens(tg.list_shards(tiny_data, "val"), L)
-    assert val.numel() > n_targets
-    return val[:n_targets + 1].clone(), token_bytes
+from conftest import (CHUNK as K, CPU, ONE, SEQ_LEN as L, STRIDE as S, TINY_VOCAB, index_of, load_inputs, run_lines,
+                      scoring_model, spawn_gloo, tiny_args)
 
 
 # ----------------------------------------------------------------------------- the enumeration
@@ -102,8 +74,8 @@ def count_scored(monkeypatch):
 def test_sliding_evaluation_equals_brute_force(tiny_data, monkeypatch):
     n = 40 * L - 3  # not a multiple of the stride: a short last window
     val, token_bytes = load_inputs(tiny_data, n)
-    model = make_model()
-    args = hp(val_batch_size=5 * L)  # several batches of windows
+    model = scoring_model()
+    args = tiny_args(val_batch_size=5 * L)  # several batches of windows
     counted = count_scored(monkeypatch)
     val_loss, val_bpb = tg.evaluate(model, val, token_bytes, args, ONE, S)
     assert counted["targets"] == n
@@ -120,9 +92,9 @@ def test_sliding_evaluation_equals_brute_force(tiny_data, monkeypatch):
 def test_standard_evaluation_equals_brute_force(tiny_data, monkeypatch):
     n = 40 * L
     val, token_bytes = load_inputs(tiny_data, n)
-    model = make_model()
+    model = scoring_model()
     counted = count_scored(monkeypatch)
-    val_loss, val_bpb = tg.evaluate(model, val, token_bytes, hp(val_batch_size=3 * L), ONE)
+    val_loss, val_bpb = tg.evaluate(model, val, token_bytes, tiny_args(val_batch_size=3 * L), ONE)
     assert counted["targets"] == n
     expected = brute_force_nll(model, val, lambda t: t // L * L)
     assert val_loss * n == pytest.approx(expected, rel=1e-4)
@@ -136,7 +108,7 @@ TTT_ARGS = dict(ttt_epochs=1, ttt_lr=0.05, val_batch_size=4 * L)
 
 
 def run_ttt(model, val, token_bytes, rt=ONE, **kw):
-    return tg.evaluate_ttt(copy.deepcopy(model), val, token_bytes, hp(**dict(TTT_ARGS, **kw)), rt)
+    return tg.evaluate_ttt(copy.deepcopy(model), val, token_bytes, tiny_args(**dict(TTT_ARGS, **kw)), rt)
 
 
 def record_scoring(monkeypatch) -> list:
@@ -158,7 +130,7 @@ def test_ttt_score_of_a_chunk_depends_only_on_earlier_chunks(tiny_data, monkeypa
     changed = val.clone()
     targets = slice(k * K + 1, (k + 1) * K + 1)  # the targets of chunk k: target t is val_tokens[t + 1]
     changed[targets] = (val[targets] + 1 + torch.arange(K, dtype=val.dtype) % 7) % TINY_VOCAB
-    model = make_model()
+    model = scoring_model()
     initial = torch.cat([p.detach().flatten() for p in model.parameters()])
 
     calls = record_scoring(monkeypatch)
@@ -187,8 +159,8 @@ def test_ttt_score_of_a_chunk_depends_only_on_earlier_chunks(tiny_data, monkeypa
 def test_ttt_without_training_is_the_sliding_evaluation(tiny_data, monkeypatch):
     n = 5 * K - L  # a shorter last chunk
     val, token_bytes = load_inputs(tiny_data, n)
-    model = make_model()
-    args = hp(**TTT_ARGS)
+    model = scoring_model()
+    args = tiny_args(**TTT_ARGS)
     sliding = tg.evaluate(model, val, token_bytes, args, ONE, S)
     counted = count_scored(monkeypatch)
     val_loss, val_bpb, sums = run_ttt(model, val, token_bytes, ttt_epochs=0)
@@ -204,32 +176,23 @@ def test_ttt_without_training_is_the_sliding_evaluation(tiny_data, monkeypatch):
 
 def all_evaluations(tiny_data, rt):
     val, token_bytes = load_inputs(tiny_data, 4 * K)
-    model = make_model()
-    args = hp(**TTT_ARGS)
+    model = scoring_model()
+    args = tiny_args(**TTT_ARGS)
     return {"standard": tg.evaluate(model, val, token_bytes, args, rt),
             "sliding": tg.evaluate(model, val, token_bytes, args, rt, S),
             # no clipping, so that the size of the averaged gradient matters, not only its direction
             "ttt": run_ttt(model, val, token_bytes, rt, ttt_grad_clip=0, ttt_lr=0.01)[:2]}
 
 
-def _worker(rank, world_size, store_path, out_dir, tiny_data):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
-    try:
-        torch.save(all_evaluations(Path(tiny_data), tg.Runtime(rank, world_size, CPU)), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ranked_evaluations(rank, world_size, tiny_data):
+    return all_evaluations(tiny_data, tg.Runtime(rank, world_size, CPU))
 
 
-def test_two_gloo_ranks_match_one_process(tiny_data, tmp_path):
+def test_two_gloo_ranks_match_one_process(tiny_data):
     assert not dist.is_initialized()
     single = all_evaluations(tiny_data, ONE)  # also imports what the first optimiser step needs, before forking
-    # fork: the children inherit the imported torch (a spawned child spends ~10 s importing it)
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), str(tiny_data)), nprocs=2,
-                       join=True, start_method="fork")
     tolerance = {"standard": 1e-9, "sliding": 1e-9, "ttt": 1e-5}
-    for rank in (0, 1):
-        ranked = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, ranked in enumerate(spawn_gloo(_ranked_evaluations, 2, tiny_data)):
         for name, (loss, bpb) in single.items():
             assert ranked[name][0] == pytest.approx(loss, rel=tolerance[name], abs=0), (rank, name)
             assert ranked[name][1] == pytest.approx(bpb, rel=tolerance[name], abs=0), (rank, name)
@@ -237,17 +200,6 @@ def test_two_gloo_ranks_match_one_process(tiny_data, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the whole pipeline
-
-def run_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return lines[max(i for i, line in enumerate(lines) if line == "=" * 100) + 1:]
-
-
-def index_of(lines, pattern) -> tuple[int, re.Match]:
-    found = [(i, m) for i, m in ((i, re.fullmatch(pattern, line)) for i, line in enumerate(lines)) if m]
-    assert len(found) == 1, f"{pattern!r}: {len(found)} matching lines"
-    return found[0]
-
 
 EXACT = r"val_loss:(\d+\.\d{8}) val_bpb:(\d+\.\d{8})"
 NAMES = ("final_int6_roundtrip", "final_int6_sliding_window", "final_ttt")

@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 import zstandard
 
 import train_gpt as tg
-from conftest import REPO, run_script
+from conftest import REPO, run_lines, run_script, spawn_gloo, write_shard
 
 SCRIPT = str(REPO / "train_gpt.py")
 OLD_FILES = {tg.RAW_MODEL_PATH: b"an earlier run's raw model", tg.ARTIFACT_PATH: b"an earlier run's artifact"}
@@ -43,12 +44,12 @@ def assert_one_line_failure(result, *fragments) -> str:
 
 
 def run_part(cwd, run_id="tiny") -> str:
-    """The log after the source and environment header."""
-    return (cwd / "logs" / f"{run_id}.txt").read_text().split("=" * 100 + "\n")[-1]
+    """The run's own lines of its log, as one text."""
+    return "\n".join(run_lines(cwd / "logs" / f"{run_id}.txt"))
 
 
 def last_log_line(cwd, run_id="tiny") -> str:
-    return run_part(cwd, run_id).rstrip("\n").splitlines()[-1]
+    return run_lines(cwd / "logs" / f"{run_id}.txt")[-1]
 
 
 def test_diverged_training_stops_at_the_step_and_writes_nothing(tiny_env, tmp_path):
@@ -178,10 +179,37 @@ def test_token_ids_are_checked_before_training(tiny_env, tmp_path, monkeypatch, 
     shards = tg.list_shards(data, "train")
     tokens = np.array(tg.read_shard(shards[-1]))
     tokens[len(tokens) // 2] = int(tiny_env["VOCAB_SIZE"])
-    tg.write_shard(shards[-1], tokens)
+    write_shard(shards[-1], tokens)
     monkeypatch.setenv("DATA_PATH", str(data))
     with pytest.raises(tg.InputError, match=rf"^shard {shards[-1]} holds token id {tiny_env['VOCAB_SIZE']}, not below VOCAB_SIZE"):
         tg.main()
     log = run_part(tmp_path)
     assert "step:" not in log and "model_params" not in log
 
+
+
+def _check_on_rank(rank, world_size, shards, vocab):
+    """check_token_ids on one gloo rank: (the shards this rank read, the error message or '')."""
+    read = []
+    real = tg.read_shard
+    tg.read_shard = lambda f: read.append(Path(f).name) or real(f)
+    try:
+        tg.check_token_ids(shards, vocab, tg.Runtime(rank, world_size, torch.device("cpu")))
+        return read, ""
+    except tg.InputError as e:
+        return read, str(e)
+    finally:
+        tg.read_shard = real
+
+
+def test_token_id_check_shares_the_shards_and_every_rank_stops(tmp_path):
+    """On 2 ranks each reads every other shard; a bad id in a shard rank 1 never reads stops both
+    ranks with the same line naming that shard."""
+    shards = [tmp_path / f"fineweb_train_{i:06d}.bin" for i in range(3)]
+    for i, path in enumerate(shards):
+        write_shard(path, np.arange(10) + 100 * i)  # largest ids 9, 109, 209
+    results = spawn_gloo(_check_on_rank, 2, shards, 200)
+    assert [read for read, _ in results] == [[shards[0].name, shards[2].name], [shards[1].name]]
+    expected = f"shard {shards[2]} holds token id 209, not below VOCAB_SIZE=200 (another tokenizer's data?)"
+    assert [error for _, error in results] == [expected, expected]
+    assert spawn_gloo(_check_on_rank, 2, shards, 210) == [([shards[0].name, shards[2].name], ""), ([shards[1].name], "")]

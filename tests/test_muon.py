@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import train_gpt as tg
+from conftest import spawn_gloo, tiny_args
 
 # several shapes, more than one matrix for most, rows > cols and rows < cols
 SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6), (16, 8), (8, 16), (20, 6), (5, 9)]
@@ -35,34 +35,25 @@ def run_muon(steps=STEPS):
     return [p.detach().clone() for p in params]
 
 
-def _worker(rank, world_size, store_path, out_dir):
-    torch.set_num_threads(1)
-    orthogonalised = []  # matrices this rank orthogonalises
+def _counted_muon(rank, world_size):
+    """run_muon() on one rank, and the shapes of the matrices this rank orthogonalised."""
+    orthogonalised = []
     newton_schulz5 = tg.newton_schulz5
 
     def counting(g, steps, *args, **kwargs):
         orthogonalised.append(tuple(g.shape))
         return newton_schulz5(g, steps, *args, **kwargs)
 
-    tg.newton_schulz5 = counting
-    store = dist.FileStore(store_path, world_size)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
-    try:
-        torch.save((run_muon(), orthogonalised), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    tg.newton_schulz5 = counting  # in this child process only
+    return run_muon(), orthogonalised
 
 
-def test_two_ranks_match_one_process(tmp_path):
+def test_two_ranks_match_one_process():
     assert not dist.is_initialized()
     run_muon(steps=1)  # the first optimizer step imports torch._dynamo: do it once, before forking
-    # fork: the children inherit the imported torch (a spawned child spends ~10 s importing it)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True,
-                       start_method=method)
+    results = spawn_gloo(_counted_muon, 2)
     single = run_muon()
     initial = make_params()
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     # each matrix orthogonalised once, by one rank, and the work is split
     counts = [sum(shape[0] if len(shape) == 3 else 1 for shape in ortho) for _, ortho in results]
     assert sum(counts) == STEPS * len(SHAPES), counts
@@ -145,11 +136,8 @@ def test_update_scale_and_weight_decay_single_step():
 # ----------------------------------------------------------------------------- parameter groups
 
 def test_build_optimizers_groups():
-    args = tg.Hyperparameters(vocab_size=64, num_layers=4, model_dim=32, num_heads=2, num_kv_heads=1, rope_dims=8,
-                              xsa_last_n=2, ve_layers=(2, 3), ve_dim=16, bigram_vocab_size=64, bigram_dim=16,
-                              train_seq_len=16, eval_seq_len=16, eval_stride=8, train_batch_tokens=128,
-                              ttt_chunk_tokens=256, matrix_lr=0.011, tied_embed_lr=0.022, scalar_lr=0.033,
-                              muon_wd=0.05, adam_wd=0.06, run_id="muon")
+    args = tiny_args(vocab_size=64, bigram_vocab_size=64, train_seq_len=16, eval_seq_len=16, train_batch_tokens=128,
+                     matrix_lr=0.011, tied_embed_lr=0.022, scalar_lr=0.033, muon_wd=0.05, adam_wd=0.06)
     model = tg.build_model(args)
     muon, adam = tg.build_optimizers(model, args)
     assert isinstance(muon, tg.Muon) and isinstance(adam, torch.optim.AdamW)

@@ -1,35 +1,24 @@
 """Builds the stdlib-docstring sample twice and checks format, tokenizer and determinism."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import sentencepiece as spm
 
-TOOL = Path(__file__).resolve().parent.parent / "data" / "make_sample.py"
+from conftest import load_tool
+from train_gpt import shard_token_count
+
 VOCAB = 1024
 MAX_CHARS = 300_000
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("make_sample", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ms = load_tool("data/make_sample.py", "make_sample")
 
 
-ms = _load_tool()
-
-
-def read_shard(path):
-    data = path.read_bytes()
-    header = np.frombuffer(data[:1024], dtype="<i4")
-    assert header[0] == 20240520 and header[1] == 1
-    assert not header[3:].any()
-    n = int(header[2])
-    assert len(data) == 1024 + 2 * n
-    return np.frombuffer(data[1024:], dtype="<u2")
+def shard_tokens(path):
+    """A shard's tokens, after train_gpt's checks of its header (magic, version) and size; the header's
+    words after magic, version and count must be zero."""
+    n = shard_token_count(path)
+    assert not np.fromfile(path, dtype="<i4", count=256)[3:].any()
+    return np.fromfile(path, dtype="<u2", offset=1024, count=n)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +39,8 @@ def test_deterministic(builds):
 
 def test_shards(builds):
     (out, _), (counts, _) = builds
-    train = [read_shard(out / f"fineweb_train_00000{i}.bin") for i in range(2)]
-    val = read_shard(out / "fineweb_val_000000.bin")
+    train = [shard_tokens(out / f"fineweb_train_00000{i}.bin") for i in range(2)]
+    val = shard_tokens(out / "fineweb_val_000000.bin")
     assert sum(map(len, train)) == counts["train_tokens"]
     assert len(val) == counts["val_tokens"]
     for tokens in train + [val]:

@@ -7,13 +7,11 @@ import re
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch._dynamo.testing import CompileCounter
 
 import train_gpt as tg
-from conftest import REPO, load_tool, run_script
-from test_eval import CPU, K, L, ONE, S, hp, load_inputs, make_model
+from conftest import (CHUNK as K, CPU, ONE, REPO, SEQ_LEN as L, STRIDE as S, clean_environ, load_inputs, load_tool,
+                      run_script, scoring_model, spawn_gloo, tiny_args, torchrun_cmd)
 
 bench = load_tool("scripts/bench.py", "bench")
 
@@ -24,7 +22,7 @@ UNEVEN = dict(ttt_epochs=2, ttt_lr=0.01, ttt_train_batch_seqs=3, val_batch_size=
 
 
 def test_head_on_the_last_positions_equals_the_full_head():
-    model = make_model()
+    model = scoring_model()
     ids = torch.randint(0, 512, (3, L), generator=torch.Generator().manual_seed(0))
     targets = ids.roll(-1, dims=1)
     full = model(ids, targets, reduction="none")
@@ -59,26 +57,19 @@ def assert_same_bpb(ours, plain):
 
 def test_ours_equals_the_straightforward_path_in_one_process(tiny_data):
     val, token_bytes = load_inputs(tiny_data, N_TARGETS)
-    assert_same_bpb(*paths(make_model(), val, token_bytes, hp(**UNEVEN), ONE))
+    assert_same_bpb(*paths(scoring_model(), val, token_bytes, tiny_args(**UNEVEN), ONE))
 
 
-def _worker(rank, world_size, store_path, out_dir, tiny_data):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
-    try:
-        val, token_bytes = load_inputs(tiny_data, N_TARGETS)
-        torch.save(paths(make_model(), val, token_bytes, hp(**UNEVEN), tg.Runtime(rank, world_size, CPU)),
-                   f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ranked_paths(rank, world_size, tiny_data):
+    val, token_bytes = load_inputs(tiny_data, N_TARGETS)
+    return paths(scoring_model(), val, token_bytes, tiny_args(**UNEVEN), tg.Runtime(rank, world_size, CPU))
 
 
-def test_ours_equals_the_straightforward_path_on_two_gloo_ranks(tiny_data, tmp_path):
+def test_ours_equals_the_straightforward_path_on_two_gloo_ranks(tiny_data):
     """The acceptance check of the benchmark's TTT comparison, with uneven shares of windows and rows."""
-    paths(make_model(), *load_inputs(tiny_data, 2 * K), hp(**UNEVEN), ONE)  # import what the children need, then fork
-    mp.start_processes(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), tiny_data), nprocs=2, join=True,
-                       start_method="fork")
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    # import what the children need, then fork
+    paths(scoring_model(), *load_inputs(tiny_data, 2 * K), tiny_args(**UNEVEN), ONE)
+    results = spawn_gloo(_ranked_paths, 2, tiny_data)
     assert results[0] == results[1]  # every rank reports the totals
     assert_same_bpb(*results[0])
 
@@ -92,10 +83,11 @@ def test_compiled_evaluations_trace_a_fixed_set_of_graphs(tiny_data, monkeypatch
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **dict(kw, backend=counter)))
     torch._dynamo.reset()
     val, token_bytes = load_inputs(tiny_data, N_TARGETS)
-    args = hp(compile="1", **UNEVEN)
-    eager = make_model()
-    compiled = tg.compile_model(make_model(), args, CPU)
-    assert tg.compile_model(make_model(), hp(compile="auto"), CPU)._compiled_call_impl is None  # auto: CUDA only
+    args = tiny_args(compile="1", **UNEVEN)
+    eager = scoring_model()
+    compiled = tg.compile_model(scoring_model(), args, CPU)
+    auto = tg.compile_model(scoring_model(), tiny_args(compile="auto"), CPU)
+    assert auto._compiled_call_impl is None  # auto: CUDA only
     assert counter.frame_count == 0
     for model in (eager, compiled):
         results = [tg.evaluate(model, val, token_bytes, args, ONE),
@@ -173,11 +165,10 @@ def test_bench_rejects_unknown_rows(capsys):
 
 def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
     """The form the acceptance figures were measured in: 2 gloo processes; both paths agree."""
-    from test_smoke import clean_env, torchrun_cmd
     result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "bench.py"),
                                           "--config", "default", "--steps", "1", "--warmup", "0", "--repeat", "1",
                                           "--skip", "standard,sliding"],
-                        clean_env(**tiny_env), tmp_path)
+                        clean_environ(**tiny_env), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {m[1]: m for m in ROW.finditer(result.stdout)}
     assert list(rows) == ["training", "ttt eval", "ttt warm-up", "quantise+zstd"]

@@ -8,18 +8,13 @@ import pytest
 import torch
 
 import train_gpt as tg
-
-CPU = torch.device("cpu")
+from conftest import CPU, ONE, make_args, one, run_lines
 
 
 # ----------------------------------------------------------------------------- lr_scale
 
-def hp(**kw):
-    return tg.Hyperparameters(run_id="sched", **kw)
-
-
 def test_lr_scale_without_cap_is_linear_over_last_iterations():
-    args = hp(iterations=100, warmdown_iters=20, max_wallclock_seconds=0)
+    args = make_args(iterations=100, warmdown_iters=20, max_wallclock_seconds=0)
     for step in (0, 1, 50, 79, 80):
         assert tg.lr_scale(step, 12345.0, args) == 1.0
     for step in (81, 85, 90, 99, 100):
@@ -31,7 +26,7 @@ def test_lr_scale_without_cap_is_linear_over_last_iterations():
 
 
 def test_lr_scale_with_cap_uses_measured_step_time():
-    args = hp(iterations=100_000, warmdown_iters=20, max_wallclock_seconds=60)
+    args = make_args(iterations=100_000, warmdown_iters=20, max_wallclock_seconds=60)
     # step time 500 ms -> warmdown 10 s; remaining 10 s: exactly at the boundary
     assert tg.lr_scale(100, 50_000.0, args) == pytest.approx(1.0)
     # step time 550 ms -> warmdown 11 s; remaining 5 s
@@ -49,7 +44,7 @@ def test_lr_scale_with_cap_uses_measured_step_time():
 
 def test_lr_scale_without_warmdown_is_one():
     for cap in (0, 60):
-        args = hp(iterations=100, warmdown_iters=0, max_wallclock_seconds=cap)
+        args = make_args(iterations=100, warmdown_iters=0, max_wallclock_seconds=cap)
         for step, elapsed in ((0, 0.0), (99, 59_000.0), (100, 70_000.0)):
             assert tg.lr_scale(step, elapsed, args) == 1.0
 
@@ -58,7 +53,7 @@ def test_lr_scale_without_warmdown_is_one():
 
 def test_warmup_prime_restores_everything(tiny_env, tiny_data):
     args = tg.Hyperparameters(warmup_steps=3)
-    rt = tg.Runtime(0, 1, CPU)
+    rt = ONE
     files = tg.list_shards(tiny_data, "train")
 
     def fresh():
@@ -121,18 +116,6 @@ class FakeClock:
         return self.calls * self.dt
 
 
-def run_log(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    last_rule = max(i for i, line in enumerate(lines) if line == "=" * 100)
-    return lines[last_rule + 1:]
-
-
-def one(lines, pattern):
-    matches = [m for m in (re.fullmatch(pattern, line) for line in lines) if m]
-    assert len(matches) == 1, f"{pattern!r}: {len(matches)} matching lines"
-    return matches[0]
-
-
 CAP_S, DT, WARMDOWN, SWA_EVERY, BURST = 7.45, 0.125, 120, 5, 10
 
 
@@ -155,7 +138,7 @@ def test_main_loop_events_under_simulated_clock(tiny_env, monkeypatch):
         monkeypatch.delenv(key, raising=False)  # the record's thresholds: 0.15, 0.02, 0.1, 0.2, 0.2
     clock = FakeClock(DT)
     tg.main(clock=clock)
-    lines = run_log(Path("logs/tiny.txt"))
+    lines = run_lines(Path("logs/tiny.txt"))
 
     times = {0: 0.0}
     for line in lines:
@@ -211,7 +194,7 @@ def test_main_default_ema_run_log(tiny_env, monkeypatch):
     tg.main()
     text = Path("logs/tiny.txt").read_text(encoding="utf-8")
     assert text.startswith(Path(tg.__file__).read_text(encoding="utf-8"))
-    lines = run_log(Path("logs/tiny.txt"))
+    lines = run_lines(Path("logs/tiny.txt"))
 
     n_params = sum(p.numel() for p in tg.build_model(tg.Hyperparameters()).parameters())
     assert int(one(lines, r"model_params:(\d+)")[1]) == n_params
