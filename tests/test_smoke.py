@@ -107,3 +107,5 @@ def test_smoke_script_in_a_copy_of_the_repo(tmp_path):
     post_ema = diagnostic_bpb(log)
     assert DIAG_RE.search(log)[1] == "ema"
     assert post_ema < float(step0[2]), (post_ema, step0[0])
+    # the artifact quantises for real, the same tensors as at full size
+    assert re.search(r"^quantized_tensors: int6:66 int8:3 passthrough:52$", log, re.M), log[-3000:]
