@@ -44,6 +44,7 @@ except ImportError:
 
 MICRO_BATCHES = 8  # micro-batches per optimiser step: world_size x grad_accum_steps (the record's 8 GPUs x 1)
 
+
 class RunError(Exception):
     """The run cannot go on: it stops with this one-line message, logged and printed, and exit 1."""
 
@@ -1381,12 +1382,11 @@ def main(clock=time.perf_counter):
         val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len)).to(rt.device)
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
             f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+        model = compile_model(place_model(build_model(args), rt.device), args, rt.device)  # for the evaluations
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
             log(f"eval_artifact:{artifact}")
         else:
             average, averaged = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
-        model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
-        if not args.eval_artifact:
             model.load_state_dict(averaged)
             t_eval = clock()
             val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
