@@ -64,6 +64,7 @@ class Hyperparameters:
     run_id: str = ""  # empty: a fresh uuid
     seed: int = 1337
     compile: str = "auto"  # auto: torch.compile on CUDA only; 1 or 0 to force
+    attention: str = "auto"  # auto: FlashAttention-3 where it imports, on CUDA; fa3 or sdpa to insist
     eval_artifact: str = ""  # path of a final_model.int6.ptz: skip training, evaluate it (§7)
     passthrough_max_numel: int = 65_536  # tensors this small stay fp16 in the artifact (§6)
     # training length and batch
@@ -183,6 +184,7 @@ class Hyperparameters:
         need(self.adam_eps > 0, f"ADAM_EPS must be > 0, got {self.adam_eps}")
         need(re.fullmatch(r"[\w.-]+", self.run_id) is not None, f"RUN_ID={self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         need(self.compile in ("auto", "0", "1"), f"COMPILE must be auto, 0 or 1, got {self.compile!r}")
+        need(self.attention in ("auto", "fa3", "sdpa"), f"ATTENTION must be auto, fa3 or sdpa, got {self.attention!r}")
         need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
         need(self.tie_embeddings, "TIE_EMBEDDINGS=0 is not supported: this recipe ties the output head to tok_emb")
         need(self.vocab_size <= 65536, f"VOCAB_SIZE must be <= 65536 (uint16 shards), got {self.vocab_size}")
@@ -489,26 +491,38 @@ class CastedLinear(nn.Linear):
         return F.linear(x, w.to(x.dtype))
 
 
-def rotary(seq_len: int, rope_dims: int, base: float, device, dtype) -> tuple[Tensor, Tensor]:
-    """cos, sin of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
+def rotary(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
+    """cos, sin (fp32) of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
     if seq_len > ROPE_REFERENCE_LEN:
         base = base * (seq_len / ROPE_REFERENCE_LEN) ** (rope_dims / (rope_dims - 2))
     inv_freq = base ** (-torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    return angles.cos().to(dtype)[None, :, None, :], angles.sin().to(dtype)[None, :, None, :]
+    return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[j], x[j + half]) of the first rope_dims dims: (a cos + b sin, b cos - a sin)."""
+    """Rotate pairs (x[j], x[j + half]) of the first rope_dims dims: (a cos + b sin, b cos - a sin),
+    the tables cast to x's dtype."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = cos.size(-1)
     a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     return torch.cat((a * cos + b * sin, b * cos - a * sin, rest), dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def attention_backend(choice: str, device: torch.device) -> str:
+    """The kernel ATTENTION=choice runs on this device: "fa3" (FlashAttention-3) or "sdpa".
+    auto takes FA3 where it imports, on CUDA; fa3 without FA3 is an InputError."""
+    if choice == "fa3" and flash_attn_3 is None:
+        raise InputError("ATTENTION=fa3 but flash_attn_interface (FlashAttention-3) does not import")
+    if choice == "auto":
+        return "fa3" if flash_attn_3 is not None and device.type == "cuda" else "sdpa"
+    return choice
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, choice: str = "auto") -> Tensor:
     """q (B, T, H, D), k and v (B, T, Hkv, D); query head h reads KV head h // (H / Hkv)."""
-    if flash_attn_3 is not None and q.is_cuda:
-        out = flash_attn_3(q, k, v, causal=True)
+    if attention_backend(choice, q.device) == "fa3":
+        out = flash_attn_3(q, k, v, causal=True)  # FA3 releases differ: a tensor, or (out, lse)
         return out[0] if isinstance(out, tuple) else out
     y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                        is_causal=True, enable_gqa=True)
@@ -528,14 +542,14 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         kv_dim = args.num_kv_heads * args.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
-        self.rope_dims, self.rope_base, self.use_xsa = args.rope_dims, args.rope_base, use_xsa
+        self.attention, self.use_xsa = args.attention, use_xsa
         self.c_q = CastedLinear(args.model_dim, args.model_dim)
         self.c_k = CastedLinear(args.model_dim, kv_dim)
         self.c_v = CastedLinear(args.model_dim, kv_dim)
         self.proj = CastedLinear(args.model_dim, args.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
 
-    def forward(self, x: Tensor, ve: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
         B, T, _ = x.shape
         q = rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim))
         k = rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim))
@@ -543,9 +557,8 @@ class CausalSelfAttention(nn.Module):
         if ve is not None:
             v = v + ve
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
-        cos, sin = rotary(T, self.rope_dims, self.rope_base, x.device, q.dtype)
-        q = apply_rotary(q, cos, sin) * self.q_gain.to(q.dtype)[:, None]
-        y = causal_attention(q, apply_rotary(k, cos, sin), v)
+        q = apply_rotary(q, *rope) * self.q_gain.to(q.dtype)[:, None]
+        y = causal_attention(q, apply_rotary(k, *rope), v, self.attention)
         if self.use_xsa:
             y = remove_value_direction(y, v)
         return self.proj(y.reshape(B, T, -1))
@@ -572,10 +585,10 @@ class Block(nn.Module):
         self.mlp = MLP(dim, int(args.mlp_mult * dim))
         self.ln_scale = 1 / math.sqrt(index + 1) if args.ln_scale else 1.0  # damps deeper blocks' inputs
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve)
+        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, rope)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
 
 
@@ -631,7 +644,7 @@ class GPT(nn.Module):
         super().__init__()
         n, dim = args.num_layers, args.model_dim
         self.num_encoder = n // 2
-        self.logit_softcap = args.logit_softcap
+        self.logit_softcap, self.rope_dims, self.rope_base = args.logit_softcap, args.rope_dims, args.rope_base
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, n - self.num_encoder), dim))
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
         self.bigram = BigramHash(args.bigram_vocab_size, args.bigram_dim, dim)
@@ -675,11 +688,12 @@ class GPT(nn.Module):
         x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(ids)))
         x0, skips = x, []
         ve = self.ve_shared(ids) if self.ve_index else None
+        rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder and skips:  # U-Net: decoder blocks take encoder outputs, last first
                 x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
             j = self.ve_index.get(i)
-            x = block(x, x0, None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype))
+            x = block(x, x0, None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype), rope)
             if i < self.num_encoder:
                 skips.append(x)
         return x
@@ -1374,14 +1388,17 @@ def main(clock=time.perf_counter):
     with log.failures():
         log_environment(log)
         log("hyperparameters: " + json.dumps(args.as_dict()))
+        attention = attention_backend(args.attention, rt.device)
+        if rt.device.type == "cuda" and attention == "sdpa" and args.attention == "auto":
+            log("WARNING: flash_attn_interface (FlashAttention-3) does not import: attention runs on PyTorch SDPA, "
+                "and the record's step times (85 ms on 8xH100) assume FlashAttention-3")
         artifact = existing_file(args.eval_artifact, "EVAL_ARTIFACT") if args.eval_artifact else ARTIFACT_PATH
         token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
         val_files = list_shards(args.data_path, "val")
         train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
         check_token_ids(val_files + train_files, args.vocab_size, rt)
         val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len)).to(rt.device)
-        log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} "
-            f"attention:{'flash_attn_3' if flash_attn_3 and rt.device.type == 'cuda' else 'sdpa'}")
+        log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
         model = compile_model(place_model(build_model(args), rt.device), args, rt.device)  # for the evaluations
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
             log(f"eval_artifact:{artifact}")

@@ -133,7 +133,7 @@ def ref_forward_logits(model, args, ids):
         if i >= n_enc and stack:
             x = x + model.skip_weights[i - n_enc] * stack.pop()
         block_ve = ve * model.ve_layer_scales[args.ve_layers.index(i)] if i in args.ve_layers and ve is not None else None
-        x = block(x, x0, block_ve)
+        x = block(x, x0, block_ve, rotary(ids.size(1), args.rope_dims, args.rope_base, CPU))
         if i < n_enc:
             stack.append(x)
     logits = ref_rms(x) @ model.tok_emb.weight.to(F64).T
@@ -272,7 +272,7 @@ def test_smear_gate():
 @pytest.mark.parametrize("seq_len", [16, 1024, 1025, 2048])  # the NTK-scaled base from 1025 on
 def test_rotary_tables(seq_len):
     rope_dims, base = 16, 10000.0
-    cos, sin = rotary(seq_len, rope_dims, base, CPU, torch.float32)
+    cos, sin = rotary(seq_len, rope_dims, base, CPU)
     assert cos.shape == sin.shape == (1, seq_len, 1, rope_dims // 2)
     b = ref_rope_base(seq_len, base, rope_dims)
     theta = torch.arange(seq_len, dtype=F64)[:, None] * b ** (-torch.arange(0, rope_dims, 2, dtype=F64) / rope_dims)
@@ -286,7 +286,7 @@ def test_apply_rotary_convention(seq_len):
     rope_dims, base = 16, 10000.0
     g = torch.Generator().manual_seed(seq_len)
     x = torch.randn(2, seq_len, 3, 64, generator=g)
-    cos, sin = rotary(seq_len, rope_dims, base, CPU, torch.float32)
+    cos, sin = rotary(seq_len, rope_dims, base, CPU)
     out = apply_rotary(x, cos, sin)
     expected = ref_rope(x, ref_rope_base(seq_len, base, rope_dims), rope_dims)
     assert torch.allclose(out.to(F64), expected, atol=1e-5 if seq_len < 100 else 5e-3)
@@ -349,7 +349,7 @@ def test_attention_module_against_reference(seq_len):
     atol = 1e-4 if seq_len < 100 else 2e-3
     for i, block in enumerate(model.blocks):
         with torch.no_grad():
-            out = block.attn(x, ve).to(F64)
+            out = block.attn(x, ve, rotary(seq_len, 8, 10000.0, CPU)).to(F64)
         xsa = i >= 4 - 2
         assert torch.allclose(out, ref_self_attention(block.attn, x, ve, xsa=xsa, **kw), atol=atol), i
         assert not torch.allclose(out, ref_self_attention(block.attn, x, ve, xsa=not xsa, **kw), atol=atol), i
@@ -368,7 +368,7 @@ def test_block_against_reference(ln_scale):
         hooks = [block.attn.register_forward_hook(lambda m, a, o: seen.update(attn_in=a[0], attn_ve=a[1], attn_out=o)),
                  block.mlp.register_forward_hook(lambda m, a, o: seen.update(mlp_in=a[0], mlp_out=o))]
         with torch.no_grad():
-            out = block(x, x0, None).to(F64)
+            out = block(x, x0, None, rotary(6, args.rope_dims, args.rope_base, CPU)).to(F64)
         for h in hooks:
             h.remove()
         f = 1 / math.sqrt(i + 1) if ln_scale == "1" else 1.0
