@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,10 +237,12 @@ SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 def atomic_write(files: dict):
     """Writes {path: bytes} all or none: each to a temporary file beside its path, then all renamed.
     A failed write (disk full) leaves every path as it was and stops the run with a RunError."""
-    temps = {}
+    temps, replaced = {}, []
     try:
         for path, data in files.items():
             path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(21, "it is a directory")
             temps[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             with open(temps[path], "wb") as f:
                 f.write(data)
@@ -248,8 +250,10 @@ def atomic_write(files: dict):
                 os.fsync(f.fileno())
         for path, tmp in temps.items():
             os.replace(tmp, path)
+            replaced.append(str(path))
     except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}; nothing was written") from None
+        done = f"{', '.join(replaced)} already replaced" if replaced else "nothing was written"
+        raise RunError(f"cannot write {path}: {e.strerror or e}; {done}") from None
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
@@ -1232,10 +1236,10 @@ class Logger:
 
     def __init__(self, run_id: str, enabled: bool):
         self.file = None
+        path = Path("logs") / f"{run_id}.txt"
+        if path.parent.exists() and not path.parent.is_dir():  # checked on every rank: all stop
+            raise InputError("logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
         if enabled:
-            path = Path("logs") / f"{run_id}.txt"
-            if path.parent.exists() and not path.parent.is_dir():
-                raise InputError("logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
             try:
                 path.parent.mkdir(exist_ok=True)
                 self.file = open(path, "w", buffering=1, encoding="utf-8")
@@ -1244,17 +1248,22 @@ class Logger:
 
     def __call__(self, message: str, console: bool = True):
         if self.file is not None:
-            self.file.write(message + "\n")
+            try:
+                self.file.write(message + "\n")
+            except OSError as e:
+                raise RunError(f"cannot write the log {self.file.name}: {e.strerror or e}") from None
             if console:
                 print(message, flush=True)
 
     @contextmanager
     def failures(self):
-        """A RunError ends the log with its ERROR line before it stops the run."""
+        """A RunError ends the log with its ERROR line (where the log can still be written) before
+        it stops the run."""
         try:
             yield
         except RunError as e:
-            self(f"ERROR: {e}", console=False)
+            with suppress(RunError):
+                self(f"ERROR: {e}", console=False)
             raise
 
 
@@ -1430,5 +1439,6 @@ if __name__ == "__main__":
     try:
         main()
     except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank stops with the same error: say it once
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -11,7 +11,7 @@ time to quantise and compress the weights; for each, ours, the straightforward p
 and the val_bpb both paths reach. Below it, the arithmetic floor of a training step.
 
 The straightforward path is the record's algorithm, written here and nowhere else:
-  training    SDPA attention (the issue's baseline; the record itself had FlashAttention-3),
+  training    SDPA attention (the straightforward path; the record itself had FlashAttention-3),
               Muon orthogonalising one matrix at a time;
   standard    consecutive sequences, forward_logits compiled where training compiles;
   sliding     the same compiled forward_logits on batches built window by window from host

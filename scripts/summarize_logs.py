@@ -62,8 +62,6 @@ PATTERNS = {
 }
 EXACT_KEYS = {"final_int6_roundtrip": "roundtrip", "final_int6_sliding_window": "sliding", "final_ttt": "ttt"}
 TTT_LINE_PREFIXES = ("final_ttt", "ttt_chunk", "ttt:chunk")  # signs that TTT ran (logs without JSON)
-FIGURES = ["step_avg_ms", "post_val_loss", "post_val_bpb", "ttt_time_s"] + \
-    [f"{key}_val_{m}" for key in EXACT_KEYS.values() for m in ("loss", "bpb")]
 
 
 class LogError(Exception):
@@ -125,13 +123,13 @@ def parse_log(path) -> dict:
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"cannot read the log ({e.__class__.__name__}: {e})") from None
-    lines = text.split("\n")
+    lines = [line.rstrip() for line in text.split("\n")]  # CRLF and trailing blanks of copied logs
     separators = [i for i, line in enumerate(lines) if line == SEPARATOR]
     if len(separators) < 2:
         raise LogError("not a train_gpt.py log: no source and environment header (two lines of 100 '=')")
     code = "\n".join(lines[:separators[0]])
     first = separators[1] + 2  # 1-based number of the first line of the run
-    run = [line.rstrip("\r") for line in lines[separators[1] + 1:]]
+    run = lines[separators[1] + 1:]
 
     out: dict = dict(path=path, real_path=os.path.realpath(path), identity=(st.st_dev, st.st_ino),
                      sha256=hashlib.sha256(raw).hexdigest(), code=code, hyperparameters=None, hp_source=None,
@@ -188,6 +186,8 @@ def parse_log(path) -> dict:
         elif head.endswith("_exact") and head[:-len("_exact")] in EXACT_KEYS \
                 and (f := _figures(tokens, {"val_loss": "", "val_bpb": ""})) is not None:
             key = EXACT_KEYS[head[:-len("_exact")]]
+            if out[f"{key}_val_loss"] is not None:
+                raise LogError(f"line {number}: a second {head} line (two runs in one log?)")
             out[f"{key}_val_loss"], out[f"{key}_val_bpb"] = f["val_loss"], f["val_bpb"]
             check(number, line, f.values())
         elif head == "final_ttt" and (f := _figures(tokens, {"eval_time": "ms"})) is not None:
@@ -266,7 +266,9 @@ def problems_of(log: dict, reference: dict | None, seen_seeds: dict) -> list[str
         reasons.append(f"unfinished run: no {needed} line")
     for line in log["errors"]:
         reasons.append(f"run reported an error: {line!r}")
-    if not log["errors"] and log["total_bytes"] is not None and log["total_bytes"] >= SIZE_LIMIT_BYTES:
+    if log["total_bytes"] is None:
+        reasons.append("no 'Total submission size int6+zstd: N bytes' line: the size limit cannot be checked")
+    elif not log["errors"] and log["total_bytes"] >= SIZE_LIMIT_BYTES:
         reasons.append(f"total submission size {log['total_bytes']} bytes is not below the {SIZE_LIMIT_BYTES}-byte limit")
     if reference is not None and reference is not log:
         if log["code"] != reference["code"]:
@@ -590,7 +592,7 @@ def main(argv=None) -> int:
         parser.error("--record-val-loss must be a finite number")
     if args.plot:
         if not args.plot.lower().endswith(".png"):
-            parser.error(f"--plot writes a PNG: give a path ending in .png, not {args.plot!r}")
+            return _refuse(args.plot, "--plot writes a PNG: give a path ending in .png")
         folder = Path(args.plot).parent
         if not folder.is_dir():
             return _refuse(args.plot, f"cannot write the plot: the directory {str(folder)!r} does not exist")
@@ -608,6 +610,8 @@ def main(argv=None) -> int:
             test = t_test(summary["val_losses"], args.record_val_loss)
         except ValueError as e:
             return _refuse(", ".join(log["path"] for log in summary["logs"]), str(e))
+        except ImportError:
+            return _refuse("--record-val-loss", "the t-test needs scipy: pip install scipy")
 
     metric_line = "final_ttt_exact" if summary["metric"] == "ttt" else "final_int6_sliding_window_exact (TTT disabled)"
     print(markdown_table(summary))
@@ -630,13 +634,6 @@ def main(argv=None) -> int:
             print(f"mean improvement {test['improvement']:.5f} nats, t={test['t']:.4f}, df={test['df']}, p={test['p']:.4g}")
             print(verdict(test))
 
-    if args.plot:
-        try:
-            plot_curves(summary["logs"], args.plot)
-        except OSError as e:
-            return _refuse(args.plot, f"cannot write the plot ({e.__class__.__name__}: {e.strerror or e})")
-        print()
-        print(f"wrote {args.plot}: train loss and val_bpb against step and training time")
     if args.submission:
         data = submission(summary, args.author, args.github_id, args.name, args.blurb,
                           args.date or datetime.date.today().isoformat())
@@ -646,6 +643,15 @@ def main(argv=None) -> int:
             return _refuse(args.submission, f"cannot write submission.json ({e.__class__.__name__}: {e})")
         print()
         print(f"wrote {args.submission}: val_loss {data['val_loss']} val_bpb {data['val_bpb']} bytes_total {data['bytes_total']}")
+    if args.plot:
+        try:
+            plot_curves(summary["logs"], args.plot)
+        except ImportError:
+            return _refuse(args.plot, "--plot needs matplotlib: pip install matplotlib")
+        except OSError as e:
+            return _refuse(args.plot, f"cannot write the plot ({e.__class__.__name__}: {e.strerror or e})")
+        print()
+        print(f"wrote {args.plot}: train loss and val_bpb against step and training time")
     return 0
 
 

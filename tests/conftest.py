@@ -205,7 +205,7 @@ RULE = "=" * 100  # the log's separators around the versions; the run's own line
 
 
 def run_lines(path: Path) -> list[str]:
-    """The lines of the run log at path after the embedded source and versions (SPEC §8)."""
+    """The lines of the run log at path after the embedded source and versions (recipe §8)."""
     path = Path(path)
     assert path.is_file(), f"no log {path}"
     lines = path.read_text(encoding="utf-8").splitlines()

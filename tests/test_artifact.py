@@ -1,4 +1,4 @@
-"""The artifact (SPEC §6): mixed int6/int8 quantisation of the default-size state dict, the clip search,
+"""The artifact (recipe §6): mixed int6/int8 quantisation of the default-size state dict, the clip search,
 the round trip through zstd on disk, safe loading that refuses anything but plain data, atomic writes,
 size accounting against the 16 MB limit, and final_model.pt."""
 import collections
@@ -25,7 +25,7 @@ def make_model(config=TINY, seed=1) -> tg.GPT:
 
 
 def spec_kind(name: str, t: torch.Tensor) -> str:
-    """SPEC §6 written out: small or non-float -> passthrough; attention/MLP matrices (a .proj.
+    """recipe §6 written out: small or non-float -> passthrough; attention/MLP matrices (a .proj.
     outside .mlp. counts as attention) -> int6; everything else -> int8."""
     if not t.is_floating_point() or t.numel() <= 65_536:
         return "passthrough"

@@ -1,4 +1,4 @@
-"""Bits per byte (SPEC §3): byte counts per target token from the SentencePiece model, the
+"""Bits per byte (recipe §3): byte counts per target token from the SentencePiece model, the
 float64 meter, and the identity 'bytes of the targets = UTF-8 bytes of the decoded text'."""
 import math
 
@@ -61,7 +61,7 @@ def test_sample_tokenizer_special_pieces(sp, tb):
 
 
 def test_sample_tokenizer_whole_table(sp, tb):
-    """Every id, from the piece text and the SentencePiece flags (written from SPEC §3)."""
+    """Every id, from the piece text and the SentencePiece flags (written from recipe §3)."""
     n = sp.vocab_size()
     assert tb.base.shape == tb.leading_space.shape == tb.boundary.shape == (n,)
     assert sum(sp.is_byte(i) for i in range(n)) == 256  # byte fallback

@@ -1,5 +1,5 @@
 """Bad input stops train_gpt.py before training with exit status 1 and ONE line `error: ...` on
-stderr that names the problem (SPEC §2, §8), never a traceback.
+stderr that names the problem (recipe §2, §8), never a traceback.
 
 One case of each kind of check (data directory, shards, header fields, size, tokenizer, world size,
 environment values) runs the real script as a subprocess: the `__main__` guard is what turns

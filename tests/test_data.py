@@ -1,4 +1,4 @@
-"""Data (SPEC §2): shard format and its errors, atomic writes, shard listing, the endless token
+"""Data (recipe §2): shard format and its errors, atomic writes, shard listing, the endless token
 stream, the distributed loader against a numpy reference, and validation truncation."""
 import os
 

@@ -1,4 +1,4 @@
-"""Evaluation (SPEC §7, §9): the sliding-window enumeration scores every target exactly once; standard and
+"""Evaluation (recipe §7, §9): the sliding-window enumeration scores every target exactly once; standard and
 sliding evaluation equal brute-force computations; 2 gloo ranks give the results of one process;
 score-first TTT is legal (a chunk's score depends only on earlier chunks); the whole pipeline ends
 with final_ttt_exact, and eval-only mode reproduces it from the artifact."""

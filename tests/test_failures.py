@@ -14,7 +14,7 @@ import torch
 import zstandard
 
 import train_gpt as tg
-from conftest import REPO, run_lines, run_script, spawn_gloo, write_shard
+from conftest import REPO, run_lines, run_script, spawn_gloo, torchrun_cmd, write_shard
 
 SCRIPT = str(REPO / "train_gpt.py")
 OLD_FILES = {tg.RAW_MODEL_PATH: b"an earlier run's raw model", tg.ARTIFACT_PATH: b"an earlier run's artifact"}
@@ -213,3 +213,55 @@ def test_token_id_check_shares_the_shards_and_every_rank_stops(tmp_path):
     expected = f"shard {shards[2]} holds token id 209, not below VOCAB_SIZE=200 (another tokenizer's data?)"
     assert [error for _, error in results] == [expected, expected]
     assert spawn_gloo(_check_on_rank, 2, shards, 210) == [([shards[0].name, shards[2].name], ""), ([shards[1].name], "")]
+
+
+@pytest.mark.parametrize("case", ["diverged", "logs_is_a_file"])
+def test_under_torchrun_every_rank_stops_and_the_error_is_said_once(tiny_env, tmp_path, case):
+    """2 gloo processes: both ranks stop (no hang), and stderr holds the error once, not per rank."""
+    env = dict(tiny_env)
+    if case == "diverged":
+        env["MATRIX_LR"] = "1e9"
+        expected = "error: training loss is not finite at step"
+    else:
+        (tmp_path / "logs").write_text("not a folder")
+        expected = "error: logs exists but is not a directory"
+    result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", SCRIPT], env, tmp_path, timeout=240)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-3000:]
+    assert f'File "{SCRIPT}"' not in result.stderr  # no traceback of ours (torchrun prints its own report)
+
+
+def test_atomic_write_says_truthfully_what_a_failed_rename_left(tmp_path, monkeypatch):
+    first, folder = tmp_path / "final_model.pt", tmp_path / "final_model.int6.ptz"
+    first.write_bytes(b"old")
+    folder.mkdir()  # a directory where the artifact goes: refused before anything is written
+    with pytest.raises(tg.RunError, match=r"final_model\.int6\.ptz: it is a directory; nothing was written$"):
+        tg.atomic_write({first: b"new", folder: b"new"})
+    assert first.read_bytes() == b"old"
+    folder.rmdir()
+    real, calls = os.replace, []
+    monkeypatch.setattr(tg.os, "replace", lambda a, b: calls.append(b) or (real(a, b) if len(calls) == 1 else _fail()))
+    with pytest.raises(tg.RunError, match=rf"cannot write {folder}: gone; {first} already replaced$"):
+        tg.atomic_write({first: b"new", folder: b"new"})
+    assert first.read_bytes() == b"new" and not folder.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def _fail():
+    raise OSError("gone")
+
+
+def test_a_log_that_cannot_be_written_stops_the_run_with_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log = tg.Logger("full", enabled=True)
+
+    class FullFile:
+        name = "logs/full.txt"
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    log.file = FullFile()
+    with pytest.raises(tg.RunError, match="^cannot write the log logs/full.txt: No space left on device$"):
+        with log.failures():  # the ERROR line itself cannot be written either: the first error stands
+            log("step:1/10 train_loss:6.9")

@@ -1,4 +1,4 @@
-"""Hyperparameters (SPEC §8): the record's defaults, every variable read from the environment and
+"""Hyperparameters (recipe §8): the record's defaults, every variable read from the environment and
 typed, keyword overrides, read-only instances, and invalid values rejected with the variable named."""
 import re
 
@@ -6,8 +6,8 @@ import pytest
 
 from train_gpt import Hyperparameters, InputError
 
-# SPEC §8, in its order: every one must be an environment variable with the record's name.
-SPEC_VARIABLES = """
+# recipe §8, in its order: every one must be an environment variable with the record's name.
+RECIPE_VARIABLES = """
 DATA_PATH TOKENIZER_PATH RUN_ID SEED VAL_BATCH_SIZE VAL_LOSS_EVERY TRAIN_LOG_EVERY ITERATIONS WARMDOWN_ITERS
 WARMUP_STEPS TRAIN_BATCH_TOKENS TRAIN_SEQ_LEN EVAL_SEQ_LEN MAX_WALLCLOCK_SECONDS QK_GAIN_INIT VOCAB_SIZE NUM_LAYERS
 NUM_KV_HEADS MODEL_DIM NUM_HEADS MLP_MULT TIE_EMBEDDINGS ROPE_BASE LOGIT_SOFTCAP TIED_EMBED_LR TIED_EMBED_INIT_STD
@@ -18,7 +18,7 @@ TTT_BURST_LR_FACTOR TTT_BURST_STEPS TTT_BURST_TRIGGER TTT_ENABLED TTT_LR TTT_EPO
 TTT_FREEZE_BLOCKS TTT_TRAIN_BATCH_SEQS TTT_GRAD_CLIP
 """.split()
 
-# The record's defaults (SPEC §4, §5, §7, §8).
+# The record's defaults (recipe §4, §5, §7, §8).
 RECORD_DEFAULTS = dict(
     SEED=1337, VAL_LOSS_EVERY=4000, TRAIN_LOG_EVERY=500, ITERATIONS=20000, WARMDOWN_ITERS=3500, WARMUP_STEPS=20,
     TRAIN_BATCH_TOKENS=786432, TRAIN_SEQ_LEN=2048, EVAL_SEQ_LEN=2048, MAX_WALLCLOCK_SECONDS=600,
@@ -86,7 +86,7 @@ def test_record_defaults(clean_env):
 
 def test_every_spec_variable_is_an_attribute(clean_env):
     args = Hyperparameters()
-    missing = [name for name in SPEC_VARIABLES if not hasattr(args, name.lower())]
+    missing = [name for name in RECIPE_VARIABLES if not hasattr(args, name.lower())]
     assert not missing
 
 

@@ -1,5 +1,5 @@
-"""The model (SPEC §4): the record's state-dict layout and size, its initialisation, and every
-component against reference computations written here from the SPEC formulas."""
+"""The model (recipe §4): the record's state-dict layout and size, its initialisation, and every
+component against reference computations written here from the formulas of docs/recipe.md."""
 import json
 import math
 from pathlib import Path
@@ -31,7 +31,7 @@ def default_model():
     return args, build_model(args)
 
 
-# ----------------------------------------------------------------------------- references (from the SPEC)
+# ----------------------------------------------------------------------------- references (from docs/recipe.md)
 
 def ref_rms(x):
     x = x.to(F64)
@@ -119,7 +119,7 @@ def ref_smear(x, gate):
 
 @torch.no_grad()
 def ref_forward_logits(model, args, ids):
-    """The GPT forward of SPEC §4 composed from the model's own blocks (tested on their own below)."""
+    """The GPT forward of recipe §4 composed from the model's own blocks (tested on their own below)."""
     emb = model.tok_emb.weight.to(F64)[ids]
     h = ref_bigram_hash(ids, args.bigram_vocab_size)
     big = (model.bigram.embed.weight.to(F64)[h] @ model.bigram.proj.weight.to(F64).T) * model.bigram.scale.to(F64)

@@ -1,4 +1,4 @@
-"""Muon (SPEC §5): Nesterov momentum, Newton-Schulz orthogonalisation, shape scaling, decoupled weight
+"""Muon (recipe §5): Nesterov momentum, Newton-Schulz orthogonalisation, shape scaling, decoupled weight
 decay; one orthogonalisation per matrix across ranks with shared updates; the optimiser groups."""
 import math
 

@@ -1,4 +1,4 @@
-"""Late QAT (SPEC §5, §10.1, §10.2): int6 fake quantisation of every CastedLinear in training mode,
+"""Late QAT (recipe §5, §10.1, §10.2): int6 fake quantisation of every CastedLinear in training mode,
 straight-through backward, then the soft-round surrogate; switches that really act inside compiled code."""
 import pytest
 import torch

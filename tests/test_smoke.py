@@ -1,5 +1,5 @@
 """End-to-end runs on CPU: torchrun with 2 gloo processes against one process on the same tiny
-configuration (SPEC §2: same data order, same result up to float noise), and scripts/smoke.sh in a
+configuration (recipe §2: same data order, same result up to float noise), and scripts/smoke.sh in a
 copy of the repository.
 
 Tolerances of the 2-process vs 1-process comparison, measured on this configuration (seeds 1337, 42
@@ -32,7 +32,7 @@ EXACT_RE = re.compile(r"^(\w+)_exact val_loss:([\d.]+) val_bpb:([\d.]+)$", re.M)
 
 
 def run_part(cwd: Path, run_id: str) -> str:
-    """The log of run_id in cwd after the embedded source and versions (SPEC §8: the source comes first)."""
+    """The log of run_id in cwd after the embedded source and versions (recipe §8: the source comes first)."""
     return "\n".join(run_lines(cwd / "logs" / f"{run_id}.txt"))
 
 
@@ -86,7 +86,7 @@ def test_smoke_script_in_a_copy_of_the_repo(tmp_path):
     """scripts/smoke.sh builds the sample into the copy's data/sample and trains on it; the model
     learns something (post-EMA bpb below the step-0 bpb).
 
-    TTT_ENABLED=0 besides the brief's overrides: with the smoke configuration (11 blocks, 48k
+    TTT_ENABLED=0 besides the short run: with the smoke configuration (11 blocks, 48k
     validation tokens, TTT_CHUNK_TOKENS=4096) the score-first TTT evaluation alone costs minutes of
     CPU; it is exercised by the tiny 2-process test above."""
     repo = tmp_path / "repo"

@@ -1,4 +1,4 @@
-"""The speed work (SPEC §9, §10.6) changes no result: the output head on the scored tail only, padded
+"""The speed work (recipe §9, §10.6) changes no result: the output head on the scored tail only, padded
 batches, host-side scored positions and padded TTT rows give what the straightforward path of
 scripts/bench.py gives (one process and 2 gloo ranks, to 1e-6 in val_bpb); compiled evaluations
 trace a fixed set of graphs however uneven the last batch, chunk or step; the benchmark prints its
@@ -66,7 +66,7 @@ def _ranked_paths(rank, world_size, tiny_data):
 
 
 def test_ours_equals_the_straightforward_path_on_two_gloo_ranks(tiny_data):
-    """The acceptance check of the benchmark's TTT comparison, with uneven shares of windows and rows."""
+    """The benchmark's TTT comparison on 2 ranks, with uneven shares of windows and rows."""
     # import what the children need, then fork
     paths(scoring_model(), *load_inputs(tiny_data, 2 * K), tiny_args(**UNEVEN), ONE)
     results = spawn_gloo(_ranked_paths, 2, tiny_data)
@@ -164,7 +164,7 @@ def test_bench_rejects_unknown_rows(capsys):
 
 
 def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
-    """The form the acceptance figures were measured in: 2 gloo processes; both paths agree."""
+    """The form docs/performance.md's figures were measured in: 2 gloo processes; both paths agree."""
     result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "bench.py"),
                                           "--config", "default", "--steps", "1", "--warmup", "0", "--repeat", "1",
                                           "--skip", "standard,sliding"],

@@ -1,7 +1,7 @@
 """scripts/summarize_logs.py (the multi-seed summary, submission.json, the significance test against the
 record, the refusals, --plot) and scripts/run_seeds.sh (the seeds one after another).
 
-Logs are built here with the published figures of RECORD.md (seeds 1337, 42, 7) in two layouts: ours
+Logs are built here with the record's published figures (seeds 1337, 42, 7; docs/recipe.md) in two layouts: ours
 (record_log: train_gpt.py's lines with the JSON hyperparameters line) and the published record's own
 (published_log: a stand-in source, no JSON line, key:value settings before the first step). The per-seed
 val_loss values are chosen consistent with the bpb (same nats/bits-per-byte ratio as seed 1337's published
@@ -29,7 +29,7 @@ HP = {"data_path": "./data/datasets/fineweb10B_sp1024", "tokenizer_path": "./dat
       "run_id": "x", "seed": 0, "iterations": 20000, "max_wallclock_seconds": 600.0, "train_batch_tokens": 786432,
       "matrix_lr": 0.025, "ve_layers": [9, 10], "ttt_enabled": True, "ttt_lr": 0.002}
 
-# RECORD.md's table; val_loss of the final evaluations at the ratio of seed 1337's published lines
+# The record's published table; val_loss of the final evaluations at the ratio of seed 1337's published lines
 RECORD = {
     1337: dict(steps=7041, step_avg=85.22, post=(1.9167, 1.1352), roundtrip=(1.93155551, 1.14397597),
                sliding=(1.89134357, 1.12016316), ttt=(1.88705130, 1.11762103), ttt_ms=404600,
@@ -46,7 +46,7 @@ RECORD_MEAN_VAL_LOSS = 1.88731
 
 
 def record_log(seed, source=FAKE_SOURCE, ttt=True, finished=True, error=False, **hp_changes) -> str:
-    """A log of the record's format (SPEC §8) with RECORD's figures for this seed."""
+    """A log of the record's format (recipe §8) with the record's figures for this seed."""
     r = RECORD[seed]
     hp = dict(HP, seed=seed, run_id=f"record_seed{seed}", ttt_enabled=ttt, **hp_changes)
     ms = round(r["steps"] * r["step_avg"])
@@ -683,9 +683,8 @@ def test_plot_to_a_bad_path_is_one_line(record_logs, tmp_path, capsys):
     lines = refused(capsys, [record_logs[0], "--plot", target])
     assert len(lines) == 1 and str(target) in lines[0] and "does not exist" in lines[0]
     assert not target.parent.exists()
-    with pytest.raises(SystemExit):  # not a PNG name
-        S.main([str(record_logs[0]), "--plot", str(tmp_path / "curves.pdf")])
-    assert ".png" in capsys.readouterr().err
+    lines = refused(capsys, [record_logs[0], "--plot", tmp_path / "curves.pdf"])  # not a PNG name
+    assert len(lines) == 1 and ".png" in lines[0]
 
 
 def test_the_script_imports_without_scipy_or_matplotlib():
@@ -840,3 +839,33 @@ def test_run_seeds_rejects_bad_seed_lists(seeds_repo):
         result = run_seeds(repo, env, SEEDS=seeds)
         assert result.returncode != 0 and message in result.stderr, (seeds, result.stderr)
     assert not (repo / "calls.txt").exists()
+
+
+def test_refuses_a_log_without_its_size_line(published_logs, tmp_path, capsys):
+    """Without 'Total submission size' the 16,000,000-byte check cannot be made: refused, not a
+    bytes_total of null."""
+    text = published_logs[1].read_text()
+    cut = tmp_path / "cut.log"
+    cut.write_text("\n".join(line for line in text.split("\n") if not line.startswith("Total submission size")))
+    line = refused_and_nothing_written(capsys, tmp_path, [published_logs[0], cut, published_logs[2]])
+    assert f"refused: {cut}: no 'Total submission size int6+zstd: N bytes' line" in line
+
+
+def test_windows_line_endings_and_trailing_blanks_read_the_same(published_logs, tmp_path, capsys):
+    copies = []
+    for path in published_logs:
+        copy = tmp_path / path.name
+        copy.write_bytes(path.read_text().replace("\n", "  \r\n").encode())
+        copies.append(copy)
+    assert S.main([str(p) for p in published_logs]) == 0
+    plain = capsys.readouterr().out
+    assert S.main([str(p) for p in copies]) == 0
+    assert capsys.readouterr().out == plain
+
+
+def test_refuses_a_log_with_two_scores(published_logs, tmp_path, capsys):
+    text = published_logs[0].read_text()
+    twice = tmp_path / "twice.log"
+    twice.write_text(text + "final_ttt_exact val_loss:1.99 val_bpb:1.17\n")
+    lines = refused(capsys, [twice])
+    assert len(lines) == 1 and "a second final_ttt_exact line" in lines[0]

@@ -1,4 +1,4 @@
-"""Training (SPEC §5, §8): the warmdown schedule, warm-up priming that leaves no trace, and the events
+"""Training (recipe §5, §8): the warmdown schedule, warm-up priming that leaves no trace, and the events
 of the main loop (late QAT, soft-round, SWA, the late burst, the wallclock stop) under a simulated clock."""
 import copy
 import re
@@ -120,7 +120,7 @@ CAP_S, DT, WARMDOWN, SWA_EVERY, BURST = 7.45, 0.125, 120, 5, 10
 
 
 def expected_scale(step: int, elapsed_ms: float) -> float:
-    """SPEC §5 with a cap: step time = elapsed/step; warmdown = WARMDOWN x step time;
+    """recipe §5 with a cap: step time = elapsed/step; warmdown = WARMDOWN x step time;
     scale = remaining/warmdown once remaining <= warmdown, else 1."""
     if step == 0:
         return 1.0
