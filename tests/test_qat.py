@@ -1,5 +1,7 @@
 """Late QAT (recipe §5, §10.1, §10.2): int6 fake quantisation of every CastedLinear in training mode,
 straight-through backward, then the soft-round surrogate; switches that really act inside compiled code."""
+import copy
+
 import pytest
 import torch
 import torch._dynamo
@@ -53,16 +55,25 @@ def grads_differ(a, b):
     return any(not torch.equal(a[n], b[n]) for n in a)
 
 
-def test_switches_take_effect_in_compiled_model_without_recompiling():
-    """aot_eager traces forward and backward ahead of time (as inductor does), so a flag folded into
-    the graph as a constant, or a detached surrogate (§10.1, §10.2), would show here."""
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_switches_take_effect_in_compiled_model_without_recompiling(backend, monkeypatch):
+    """aot_eager traces forward and backward ahead of time, so a flag folded into the graph as a
+    constant, or a detached surrogate (recipe §10.1, §10.2), would show here; inductor is what a
+    CUDA run compiles with: the model goes through compile_model (in place, fullgraph) as a run's
+    does, with inductor's C++ kernels on the CPU."""
     torch._dynamo.reset()
     model = tiny_model().train()
     x, y = batch()
-    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(model, backend=counter, fullgraph=True)  # fullgraph: a graph break raises
+    counter = torch._dynamo.testing.CompileCounterWithBackend(backend)
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **dict(kw, backend=counter)))
+    if backend == "inductor":
+        compiled = tg.compile_model(copy.deepcopy(model), tiny_args(compile="1"), torch.device("cpu"))
+        compiled.load_state_dict(model.state_dict())
+    else:
+        compiled = torch.compile(model, fullgraph=True)  # fullgraph: a graph break raises
     try:
-        compiled_results = run_modes(compiled, model, x, y)
+        compiled_results = run_modes(compiled, compiled if backend == "inductor" else model, x, y)
         assert counter.frame_count == 1, f"recompiled across QAT switches: {counter.frame_count} frames"
         eager_results = run_modes(model, model, x, y)
     finally:
