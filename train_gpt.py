@@ -1432,6 +1432,7 @@ def main(clock=time.perf_counter):
         if total_bytes >= SUBMISSION_LIMIT_BYTES:
             raise RunError(over_limit)
     if rt.world_size > 1:
+        dist.barrier()  # no rank tears its group down while another still talks to it
         dist.destroy_process_group()
 
 
