@@ -10,6 +10,7 @@ evaluation -> main(). Importing it has no side effects.
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import json
 import math
@@ -882,6 +883,14 @@ def setup_runtime() -> Runtime:
     return Runtime(rank, world_size, device)
 
 
+def data_parallel(model: GPT, rt: Runtime) -> DDP:
+    """DDP over the ranks, buffers not synced at each forward (the QAT switches are set alike on
+    every rank); torch 2.13 renamed broadcast_buffers to forward_sync_buffers."""
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else {"broadcast_buffers": False})
+    return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, **no_buffer_sync)
+
+
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     """Warmdown factor (§5): with a wallclock cap, the last WARMDOWN_ITERS steps' worth of time at
     the measured step time decays linearly to 0; without, the last WARMDOWN_ITERS iterations."""
@@ -1286,7 +1295,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     base_model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
     model = base_model
     if rt.world_size > 1:
-        model = DDP(base_model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+        model = data_parallel(base_model, rt)
     optimizers = build_optimizers(base_model, args)
     log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
     log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")

@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -197,7 +196,7 @@ def timed(fn, rt):
 def distributed(model, rt):
     if rt.world_size == 1:
         return model
-    return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, broadcast_buffers=False)
+    return tg.data_parallel(model, rt)
 
 
 def race(fns, repeat: int, rt, reset=lambda i: None):

@@ -2,13 +2,14 @@
 of the main loop (late QAT, soft-round, SWA, the late burst, the wallclock stop) under a simulated clock."""
 import copy
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 import train_gpt as tg
-from conftest import CPU, ONE, make_args, one, run_lines
+from conftest import CPU, ONE, make_args, one, run_lines, spawn_gloo, tiny_args
 
 
 # ----------------------------------------------------------------------------- lr_scale
@@ -206,3 +207,18 @@ def test_main_default_ema_run_log(tiny_env, monkeypatch):
     assert not any(line.startswith("stopping_early") for line in lines)
     one(lines, r"weight_avg:ema decay:0\.5")
     one(lines, r"DIAGNOSTIC post_ema val_loss:[\d.]+ val_bpb:[\d.]+ eval_time:\d+ms")
+
+
+def _wrap_on_rank(rank, world_size):
+    """data_parallel on one gloo rank: (warnings it raised, whether DDP syncs buffers at each forward)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ddp = tg.data_parallel(tg.build_model(tiny_args()), tg.Runtime(rank, world_size, CPU))
+    syncs = getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None))
+    return [str(w.message)[:80] for w in caught if issubclass(w.category, FutureWarning)], syncs
+
+
+def test_data_parallel_skips_the_buffer_sync_without_a_deprecation_warning():
+    """The QAT switches are buffers set alike on every rank: DDP need not broadcast them at every
+    forward. torch 2.13 renamed the keyword; the old one warns from every rank of every run."""
+    assert spawn_gloo(_wrap_on_rank, 2) == [([], False), ([], False)]
