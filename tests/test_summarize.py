@@ -89,14 +89,17 @@ def record_log(seed, source=FAKE_SOURCE, ttt=True, finished=True, error=False, *
     return "\n".join(lines) + "\n"
 
 
+def write_seed_logs(folder: Path, make_log, name: str) -> list[Path]:
+    """One log per seed of SEEDS, make_log(seed), written to folder / name.format(seed=seed)."""
+    paths = [folder / name.format(seed=seed) for seed in SEEDS]
+    for seed, path in zip(SEEDS, paths):
+        path.write_text(make_log(seed), encoding="utf-8")
+    return paths
+
+
 @pytest.fixture
 def record_logs(tmp_path) -> list[Path]:
-    paths = []
-    for seed in SEEDS:
-        path = tmp_path / f"record_seed{seed}.txt"
-        path.write_text(record_log(seed), encoding="utf-8")
-        paths.append(path)
-    return paths
+    return write_seed_logs(tmp_path, record_log, "record_seed{seed}.txt")
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
@@ -430,12 +433,7 @@ def published_log(seed, source=PUBLISHED_SOURCE, finished=True, ttt=True, **sett
 
 @pytest.fixture
 def published_logs(tmp_path) -> list[Path]:
-    paths = []
-    for seed in SEEDS:
-        path = tmp_path / f"train_seed{seed}.log"
-        path.write_text(published_log(seed), encoding="utf-8")
-        paths.append(path)
-    return paths
+    return write_seed_logs(tmp_path, published_log, "train_seed{seed}.log")
 
 
 def step_lines(text: str):
