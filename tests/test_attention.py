@@ -1,5 +1,8 @@
 """ATTENTION=auto|fa3|sdpa, and the FlashAttention-3 branch run on the CPU through a stand-in
-`flash_attn_interface` (tests/fa3_stand_in) that keeps FA3's contract and computes with SDPA."""
+`flash_attn_interface` (tests/fa3_stand_in) that keeps FA3's contract and computes with SDPA.
+
+Checked against broken code: with the FA3 branch skipped in causal_attention, 5 of these tests
+fail; with FA3's (out, lse) tuple returned unpacked, the 2 tuple cases fail."""
 import os
 import sys
 

@@ -60,7 +60,8 @@ def test_switches_take_effect_in_compiled_model_without_recompiling(backend, mon
     """aot_eager traces forward and backward ahead of time, so a flag folded into the graph as a
     constant, or a detached surrogate (recipe §10.1, §10.2), would show here; inductor is what a
     CUDA run compiles with: the model goes through compile_model (in place, fullgraph) as a run's
-    does, with inductor's C++ kernels on the CPU."""
+    does, with inductor's C++ kernels on the CPU. Checked against broken code: with the soft-round
+    surrogate detached in fake_quant_int6 (the record's defect), both backends fail here."""
     torch._dynamo.reset()
     model = tiny_model().train()
     x, y = batch()
