@@ -10,7 +10,6 @@ evaluation -> main(). Importing it has no side effects.
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import json
 import math
@@ -33,7 +32,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import zstandard
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 try:  # FlashAttention-3 on Hopper; PyTorch SDPA everywhere else
     from flash_attn_interface import flash_attn_func as flash_attn_3
@@ -724,35 +722,37 @@ def build_model(args: Hyperparameters) -> GPT:
         return GPT(args)
 
 
-def place_model(model: GPT, device: torch.device) -> GPT:
-    """Moves the model to the device; on CUDA the embedding tables live in bf16 (§4)."""
-    model.to(device)
-    if device.type == "cuda":
+def place_model(model: GPT, rt: Runtime) -> GPT:
+    """Moves the model to the device; where training runs in bf16 (CUDA) the embedding tables live
+    in bf16 (§4)."""
+    model.to(rt.device)
+    if rt.bf16:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
                 module.bfloat16()
     return model
 
 
+def compiles(args: Hyperparameters, device: torch.device) -> bool:
+    """COMPILE: 1 compiles, 0 does not, auto compiles on CUDA."""
+    return args.compile == "1" or (args.compile == "auto" and device.type == "cuda")
+
+
 def compile_model(model: GPT, args: Hyperparameters, device: torch.device) -> GPT:
-    """Compiles the model in place where COMPILE says so (auto: on CUDA): every forward, training,
-    evaluation and TTT, runs compiled. Static shapes: the evaluations pad their batches."""
-    if args.compile == "1" or (args.compile == "auto" and device.type == "cuda"):
+    """Compiles the model in place where COMPILE says so: every forward, training, evaluation and
+    TTT, runs compiled. Static shapes: the evaluations pad their batches."""
+    if compiles(args, device):
         model.compile(dynamic=False, fullgraph=True)
     return model
 
 
 # ----------------------------------------------------------------------------- optimisers (§5)
 
-def update_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def newton_schulz5(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
+def newton_schulz5(g: Tensor, steps: int, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> Tensor:
     """Approximately orthogonalise each matrix of g (..., rows, cols) by the quintic Newton-Schulz
-    iteration: in bf16 on CUDA (the record), in fp32 on CPUs, where bf16 matmuls are emulated."""
+    iteration, in dtype: bf16 where training runs in bf16 (the record), else fp32 (CPUs emulate bf16)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    x = g.to(update_dtype(g.device))
+    x = g.to(dtype)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     transposed = x.size(-2) > x.size(-1)
     if transposed:
@@ -763,42 +763,96 @@ def newton_schulz5(g: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
     return x.mT if transposed else x
 
 
-class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)),
-    with decoupled weight decay. Matrices of one shape are orthogonalised together, each by one
-    rank (round robin); the updates reach every rank in one all-reduce of a flat buffer."""
+def deal_out(sizes: list[int], world_size: int) -> list[list[int]]:
+    """The indices of the matrices each rank orthogonalises: largest first, each to the rank with the
+    fewest elements so far, so that the shares (and the padding of the reduce-scatter) stay even."""
+    loads, shares = [0] * world_size, [[] for _ in range(world_size)]
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        rank = loads.index(min(loads))
+        shares[rank].append(i)
+        loads[rank] += sizes[i]
+    return [sorted(share) for share in shares]
 
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float):
+
+# torch 2.13 renamed the single-tensor collectives; earlier versions have only the old names
+reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+class Muon(torch.optim.Optimizer):
+    """Nesterov momentum, orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)), with
+    decoupled weight decay; one group of matrices. Across ranks (the record's scheme) the matrices
+    are dealt out: one reduce-scatter gives each rank its share's gradients summed over ranks, the
+    rank orthogonalises them (matrices of one shape together), one all-gather shares the updates."""
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
+                 update_dtype: torch.dtype = torch.float32, compiled: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        sizes = [p.numel() for p in self.matrices]
+        self.shares = deal_out(sizes, self.world_size)
+        self.share_numel = max(sum(sizes[i] for i in share) for share in self.shares)
+        self.pads = [self.share_numel - sum(sizes[i] for i in share) for share in self.shares]
+        self.offsets = {}  # matrix index -> its place in the flat (world_size x share_numel) layout
+        for rank, share in enumerate(self.shares):
+            for i, offset in zip(share, np.cumsum([0] + [sizes[i] for i in share]).tolist()):
+                self.offsets[i] = rank * self.share_numel + offset
+        self.update_dtype = update_dtype
+        self.orthogonalise = torch.compile(newton_schulz5, dynamic=False, fullgraph=True) if compiled else newton_schulz5
+        self.summed = None  # this rank's share of the gradients, summed over ranks, flat
+
+    @property
+    def matrices(self) -> list[Tensor]:
+        return self.param_groups[0]["params"]
+
+    def _flat(self, tensors: dict[int, Tensor], ranks, dtype: torch.dtype) -> Tensor:
+        """The tensors (one per matrix) of these ranks' shares in the flat layout, each share padded."""
+        pieces = []
+        for rank in ranks:
+            pieces += [tensors[i].flatten() for i in self.shares[rank]]
+            pieces.append(torch.zeros(self.pads[rank], dtype=dtype, device=self.matrices[0].device))
+        return torch.cat(pieces)
+
+    @torch.no_grad()
+    def sum_gradients(self) -> Tensor:
+        """Reduce-scatters the gradients (a missing one counts as zeros): afterwards this rank holds
+        its share's gradients summed over ranks. Returns their squared norm, for clipping."""
+        grads = {i: p.grad if p.grad is not None else torch.zeros_like(p) for i, p in enumerate(self.matrices)}
+        dtype = self.matrices[0].dtype
+        if self.world_size == 1:
+            self.summed = self._flat(grads, [0], dtype)
+        else:
+            self.summed = torch.empty(self.share_numel, dtype=dtype, device=self.matrices[0].device)
+            reduce_scatter(self.summed, self._flat(grads, range(self.world_size), dtype))
+        return self.summed.float().square().sum()
 
     @torch.no_grad()
     def step(self):
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        for group in self.param_groups:
-            params, lr, mu = group["params"], group["lr"], group["momentum"]
-            offsets = np.cumsum([0] + [p.numel() for p in params])
-            updates = torch.zeros(int(offsets[-1]), device=params[0].device, dtype=update_dtype(params[0].device))
-            by_shape = {}
-            for i, p in enumerate(params):
-                by_shape.setdefault(p.shape, []).append(i)
-            for shape, indices in by_shape.items():
-                mine = [i for i in indices[rank::world_size] if params[i].grad is not None]
-                if not mine:
-                    continue
-                directions = []
-                for i in mine:
-                    grad = params[i].grad
-                    buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(grad))
-                    buf.mul_(mu).add_(grad)
-                    directions.append(grad.add(buf, alpha=mu))
-                ortho = newton_schulz5(torch.stack(directions), group["backend_steps"]) * max(1, shape[0] / shape[1]) ** 0.5
-                for i, u in zip(mine, ortho):
-                    updates[offsets[i]:offsets[i + 1]] = u.flatten()
-            if world_size > 1:
-                dist.all_reduce(updates)
-            for i, p in enumerate(params):
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
+        if self.summed is None:  # used on its own: sum the gradients first
+            self.sum_gradients()
+        group, params, mine = self.param_groups[0], self.matrices, self.shares[self.rank]
+        lr, mu, base = group["lr"], group["momentum"], self.rank * self.share_numel
+        by_shape, updates = {}, {}
+        for i in mine:
+            by_shape.setdefault(params[i].shape, []).append(i)
+        for shape, indices in by_shape.items():
+            directions = []
+            for i in indices:
+                grad = self.summed[self.offsets[i] - base:][:params[i].numel()].view(shape)
+                buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(grad))
+                buf.mul_(mu).add_(grad)
+                directions.append(grad.add(buf, alpha=mu))
+            ortho = self.orthogonalise(torch.stack(directions), group["backend_steps"], self.update_dtype)
+            updates.update(zip(indices, ortho * max(1, shape[0] / shape[1]) ** 0.5))
+        flat = self._flat(updates, [self.rank], self.update_dtype)
+        if self.world_size > 1:
+            gathered = torch.empty(self.world_size * self.share_numel, dtype=flat.dtype, device=flat.device)
+            all_gather(gathered, flat)
+            flat = gathered
+        flat = flat.to(params[0].dtype)
+        torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_add_(params, [flat[self.offsets[i]:][:p.numel()].view_as(p) for i, p in enumerate(params)], alpha=-lr)
+        self.summed = None
 
 
 @dataclass(frozen=True)
@@ -811,16 +865,17 @@ class Optimizers:
         return iter((self.muon, self.adam))
 
 
-def build_optimizers(model: GPT, args: Hyperparameters) -> Optimizers:
-    """Muon for every linear weight; AdamW for the embedding tables and for all the rest."""
+def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimizers:
+    """Muon for every linear weight, orthogonalising in bf16 where training runs in bf16, compiled
+    where the model is; fused AdamW for the embedding tables and for all the rest."""
     matrices = [m.weight for m in model.modules() if isinstance(m, CastedLinear)]
     tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     taken = {id(p) for p in matrices + tables}
     scalars = [p for p in model.parameters() if id(p) not in taken]
-    muon = Muon(matrices, args.matrix_lr, args.muon_momentum_warmup_start, args.muon_backend_steps, args.muon_wd)
+    muon = Muon(matrices, args.matrix_lr, args.muon_momentum_warmup_start, args.muon_backend_steps, args.muon_wd,
+                update_dtype=torch.bfloat16 if rt.bf16 else torch.float32, compiled=compiles(args, rt.device))
     adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr), dict(params=scalars, lr=args.scalar_lr)],
-                             betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd,
-                             fused=tables[0].is_cuda)
+                             betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd, fused=True)
     for opt in (muon, adam):
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
@@ -840,6 +895,7 @@ class Runtime:
     rank: int
     world_size: int
     device: torch.device
+    bf16: bool = False  # bf16 embedding tables, autocast and Newton-Schulz: on CUDA, as in the record
 
     @property
     def is_main(self) -> bool:
@@ -850,7 +906,7 @@ class Runtime:
         return MICRO_BATCHES // self.world_size
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def synchronize(self):
         if self.device.type == "cuda":
@@ -880,15 +936,7 @@ def setup_runtime() -> Runtime:
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 device_id=device if device.type == "cuda" else None)
-    return Runtime(rank, world_size, device)
-
-
-def data_parallel(model: GPT, rt: Runtime) -> DDP:
-    """DDP over the ranks, buffers not synced at each forward (the QAT switches are set alike on
-    every rank); torch 2.13 renamed broadcast_buffers to forward_sync_buffers."""
-    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                      else {"broadcast_buffers": False})
-    return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, **no_buffer_sync)
+    return Runtime(rank, world_size, device, bf16=device.type == "cuda")
 
 
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
@@ -903,35 +951,60 @@ def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
 
-def train_step(model: nn.Module, batches, optimizers, grad_clip: float, rt: Runtime) -> Tensor:
-    """One optimiser step over the micro-batches (gradients averaged over them and over ranks)."""
+def sum_gradients(params: list[Tensor], rt: Runtime) -> Tensor:
+    """Sums the gradients over ranks, one flat all-reduce per dtype (not one per tensor; a missing
+    gradient counts as zeros). Returns their squared norm, for clipping."""
+    square = torch.zeros((), device=rt.device)
+    for dtype in dict.fromkeys(p.dtype for p in params):  # the same order on every rank
+        group = [p for p in params if p.dtype == dtype]
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in group])
+        if rt.world_size > 1:
+            dist.all_reduce(flat)
+        for p, grad in zip(group, flat.split([p.numel() for p in group])):
+            p.grad = grad.view_as(p)
+        square += flat.float().square().sum()
+    return square
+
+
+def clip_gradients(grads: list[Tensor], square: Tensor, max_norm: float):
+    """Scales the gradients by max_norm / (norm + 1e-6) where that is below 1, as clip_grad_norm_."""
+    if max_norm > 0:
+        torch._foreach_mul_(grads, (max_norm / (square.sqrt() + 1e-6)).clamp(max=1.0))
+
+
+def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt: Runtime) -> Tensor:
+    """One optimiser step over this rank's micro-batches; returns their mean loss. Each loss is
+    divided by the micro-batch count of all ranks, so that gradients summed over ranks are the
+    batch mean: Muon sums the matrices' (reduce-scatter), one all-reduce sums the rest."""
     total = torch.zeros((), device=rt.device)
-    for i, (x, y) in enumerate(batches):
-        last = i == len(batches) - 1
-        with nullcontext() if last or not isinstance(model, DDP) else model.no_sync():  # sync once, at the end
-            with rt.autocast():
-                loss = model(x, y)
-            (loss / len(batches)).backward()
+    for x, y in batches:
+        with rt.autocast():
+            loss = model(x, y)
+        (loss / (len(batches) * rt.world_size)).backward()
         total += loss.detach()
+    rest = [p for group in optimizers.adam.param_groups for p in group["params"]]
+    square, muon_square = sum_gradients(rest, rt), optimizers.muon.sum_gradients()
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        if rt.world_size > 1:
+            dist.all_reduce(muon_square)  # each rank holds its share of the matrices
+        clip_gradients([optimizers.muon.summed] + [p.grad for p in rest], square + muon_square, grad_clip)
     for opt in optimizers:
         opt.step()
         opt.zero_grad(set_to_none=True)
     return total / len(batches)
 
 
-def warmup_prime(model, base_model: GPT, optimizers, loader: DistributedTokenLoader, args: Hyperparameters, rt: Runtime):
+def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader, args: Hyperparameters, rt: Runtime):
     """WARMUP_STEPS real steps to compile and warm up kernels, then restore the initial weights,
     optimiser states and data stream exactly: the run starts as if they never happened."""
-    weights = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     stream = loader.stream.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for _ in range(args.warmup_steps):
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
         train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-    base_model.load_state_dict(weights)
+    model.load_state_dict(weights)
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
     loader.stream.restore(stream)
@@ -1141,17 +1214,6 @@ def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hype
     return meter.result()
 
 
-def average_gradients(params: list[Tensor], rt: Runtime):
-    """Sums the gradients over ranks in one flat fp32 all-reduce (not one per tensor)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    if rt.world_size > 1:
-        flat = torch.cat([g.float().flatten() for g in grads])
-        dist.all_reduce(flat)
-        grads = [g.view_as(p).to(p.dtype) for g, p in zip(flat.split([p.numel() for p in params]), params)]
-    for p, g in zip(params, grads):
-        p.grad = g
-
-
 def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor, args: Hyperparameters, rt: Runtime):
     """TTT_EPOCHS epochs of SGD on the chunk's sequences (tokens on the device). Each step takes a
     global batch of up to TTT_TRAIN_BATCH_SEQS sequences split across ranks, so the steps do not
@@ -1172,9 +1234,8 @@ def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor,
             with rt.autocast():
                 loss = model(x, y, reduction="sum") / (count * seq_len)  # summed over ranks: the batch mean
             loss.backward()
-            average_gradients(params, rt)
-            if args.ttt_grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, args.ttt_grad_clip)
+            square = sum_gradients(params, rt)  # replaces each .grad by its sum over ranks
+            clip_gradients([p.grad for p in params], square, args.ttt_grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -1292,16 +1353,13 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     """Trains for ITERATIONS steps or MAX_WALLCLOCK_SECONDS of training time, then the late burst
     (§5). Returns the average to apply ("ema" or "swa") and its weights in fp32."""
     loader = DistributedTokenLoader(train_files, rt.rank, rt.world_size, rt.device)
-    base_model = compile_model(place_model(build_model(args), rt.device), args, rt.device)
-    model = base_model
-    if rt.world_size > 1:
-        model = data_parallel(base_model, rt)
-    optimizers = build_optimizers(base_model, args)
-    log(f"model_params:{sum(p.numel() for p in base_model.parameters())}")
+    model = compile_model(place_model(build_model(args), rt), args, rt.device)
+    optimizers = build_optimizers(model, args, rt)
+    log(f"model_params:{sum(p.numel() for p in model.parameters())}")
     log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
-    warmup_prime(model, base_model, optimizers, loader, args, rt)
+    warmup_prime(model, optimizers, loader, args, rt)
 
-    ema, swa = EMA(base_model, args.ema_decay), SWA()
+    ema, swa = EMA(model, args.ema_decay), SWA()
     burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
     qat_on = soft_round_on = False
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
@@ -1312,7 +1370,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         if last or (args.val_loss_every and step % args.val_loss_every == 0):
             rt.synchronize()
             training_ms += 1000 * (clock() - t0)
-            val_loss, val_bpb = evaluate(base_model, val_tokens, token_bytes, args, rt)
+            val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
             log(f"step:{step}/{args.iterations} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms")
             t0 = clock()
@@ -1324,11 +1382,11 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         scale = lr_scale(step, elapsed_ms, args)
         if not qat_on and scale < args.late_qat_threshold:
             qat_on = True
-            base_model.set_qat(True, soft_round_on, args.soft_round_tau)
+            model.set_qat(True, soft_round_on, args.soft_round_tau)
             log(f"late_qat:enabled step:{step} scale:{scale:.4f}")
         if qat_on and not soft_round_on and scale < args.soft_round_threshold:
             soft_round_on = True
-            base_model.set_qat(True, True, args.soft_round_tau)
+            model.set_qat(True, True, args.soft_round_tau)
             log(f"soft_round:enabled step:{step} scale:{scale:.4f} tau:{args.soft_round_tau}")
         set_lr_scale(optimizers, scale)
         warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
@@ -1338,12 +1396,12 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
             burst.append((step, batches))
         train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
-        ema.update(base_model)
+        ema.update(model)
         step += 1
         if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
             if swa.count == 0:
                 log(f"swa:start step:{step}")
-            swa.add(base_model)
+            swa.add(model)
 
         # one all-reduce: ranks agree on the clock, and stop together on a diverged loss
         elapsed_ms, diverged = rt.agree_max(training_ms + 1000 * (clock() - t0), ~torch.isfinite(train_loss))
@@ -1367,7 +1425,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         for _ in range(args.ttt_burst_epochs):
             for _, batches in burst:
                 finite &= torch.isfinite(train_step(model, batches, optimizers, args.grad_clip_norm, rt))
-                ema.update(base_model)
+                ema.update(model)
         if rt.agree_max(~finite)[0]:
             raise RunError("training loss is not finite in the late burst: the run diverged; no model or artifact was written")
         log("ttt_burst:done")
@@ -1417,7 +1475,7 @@ def main(clock=time.perf_counter):
         check_token_ids(val_files + train_files, args.vocab_size, rt)
         val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len)).to(rt.device)
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
-        model = compile_model(place_model(build_model(args), rt.device), args, rt.device)  # for the evaluations
+        model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
             log(f"eval_artifact:{artifact}")
         else:

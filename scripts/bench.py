@@ -1,19 +1,23 @@
 #!/usr/bin/env python
-"""Speed benchmark (docs/recipe.md §9, §10.6): our path against the straightforward one, timed in one run.
+"""Speed benchmark (docs/recipe.md §9, §10.6): our path against a baseline, timed in one run.
 
     python scripts/bench.py                                      # one process (CPU or one GPU)
     torchrun --standalone --nproc_per_node=2 scripts/bench.py    # 2 ranks (gloo on CPU, NCCL on GPUs)
     COMPILE=1 torchrun --standalone --nproc_per_node=2 scripts/bench.py  # CPU, compiled as on a GPU (slow to compile)
     python scripts/bench.py --config default --chunks 50 --repeat 1  # the record's model (needs FineWeb)
 
-Prints one table: training ms/step, tokens/s of the standard, sliding and TTT evaluations, and the
-time to quantise and compress the weights; for each, ours, the straightforward path and the ratio,
-and the val_bpb both paths reach. Below it, the arithmetic floor of a training step.
+Prints one table: training ms/step, with several ranks the bytes each rank sends per step, tokens/s
+of the standard, sliding and TTT evaluations, and the time to quantise and compress the weights; for
+each, ours, the baseline and the ratio, and what both reach. Below it, the arithmetic floor of a
+training step.
 
-The straightforward path is the record's algorithm, written here and nowhere else:
-  training    SDPA attention (the straightforward path; the record itself had FlashAttention-3),
-              Muon orthogonalising one matrix at a time;
-  standard    consecutive sequences, forward_logits compiled where training compiles;
+The baselines are written here and nowhere else:
+  training    this project's previous step, weaker than the record's: DDP all-reduces every
+              gradient, then Muon all-reduces a full-size buffer of updates (about twice the
+              traffic of the record, which reduce-scatters the gradients and all-gathers the
+              updates, as ours does). Same attention and compilation as ours.
+  standard    the record's evaluation: consecutive sequences, forward_logits compiled where
+              training compiles;
   sliding     the same compiled forward_logits on batches built window by window from host
               tokens, scored window by window;
   TTT         that scoring uncompiled, training on unpadded batches, one all-reduce per parameter.
@@ -28,59 +32,142 @@ train_gpt.py.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 import train_gpt as tg  # noqa: E402
 
 
-# ----------------------------------------------------------------------------- the straightforward path
+# ----------------------------------------------------------------------------- the previous training step
 
-class StraightforwardMuon(tg.Muon):
-    """The record's Muon: each rank orthogonalises its matrices (i % world_size == rank) one at a
-    time, then one flat all-reduce shares the updates."""
+class AllReduceMuon(torch.optim.Optimizer):
+    """This project's previous Muon: every rank holds the mean gradients (DDP all-reduced them); each
+    orthogonalises the matrices i % world_size == rank, matrices of one shape together, then one
+    all-reduce of a full-size buffer shares the updates."""
+
+    def __init__(self, params, lr, momentum, backend_steps, weight_decay, update_dtype):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+        self.update_dtype = update_dtype
 
     @torch.no_grad()
     def step(self):
         rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        for group in self.param_groups:
-            params, lr, mu = group["params"], group["lr"], group["momentum"]
-            updates = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
-                                  dtype=tg.update_dtype(params[0].device))
-            offset = 0
-            for i, p in enumerate(params):
-                if i % world_size == rank and p.grad is not None:
-                    buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-                    buf.mul_(mu).add_(p.grad)
-                    g = tg.newton_schulz5(p.grad.add(buf, alpha=mu), group["backend_steps"])
-                    updates[offset:offset + p.numel()] = (g * max(1, p.size(0) / p.size(1)) ** 0.5).flatten()
-                offset += p.numel()
-            if world_size > 1:
-                dist.all_reduce(updates)
-            offset = 0
-            for p in params:
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(updates[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
-                offset += p.numel()
+        group = self.param_groups[0]
+        params, lr, mu = group["params"], group["lr"], group["momentum"]
+        offsets = [0]
+        for p in params:
+            offsets.append(offsets[-1] + p.numel())
+        updates = torch.zeros(offsets[-1], device=params[0].device, dtype=self.update_dtype)
+        by_shape = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault(p.shape, []).append(i)
+        for shape, indices in by_shape.items():
+            mine = indices[rank::world_size]
+            if not mine:
+                continue
+            directions = []
+            for i in mine:
+                grad = params[i].grad
+                buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(grad))
+                buf.mul_(mu).add_(grad)
+                directions.append(grad.add(buf, alpha=mu))
+            ortho = tg.newton_schulz5(torch.stack(directions), group["backend_steps"], self.update_dtype)
+            for i, u in zip(mine, ortho * max(1, shape[0] / shape[1]) ** 0.5):
+                updates[offsets[i]:offsets[i + 1]] = u.flatten()
+        if world_size > 1:
+            dist.all_reduce(updates)
+        for i, p in enumerate(params):
+            p.mul_(1 - lr * group["weight_decay"])
+            p.add_(updates[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
 
 
-def straightforward_optimizers(model, args):
-    optimizers = tg.build_optimizers(model, args)
-    muon = optimizers.muon
-    plain = StraightforwardMuon(muon.param_groups[0]["params"], lr=args.matrix_lr, momentum=args.muon_momentum_warmup_start,
-                                backend_steps=args.muon_backend_steps, weight_decay=args.muon_wd)
-    plain.param_groups[0]["base_lr"] = muon.param_groups[0]["base_lr"]
-    return [plain, optimizers.adam]
+def previous_optimizers(model, args, rt):
+    """Our optimisers with the Muon above in place of ours."""
+    optimizers = tg.build_optimizers(model, args, rt)
+    muon = AllReduceMuon(optimizers.muon.matrices, args.matrix_lr, args.muon_momentum_warmup_start,
+                         args.muon_backend_steps, args.muon_wd, optimizers.muon.update_dtype)
+    muon.param_groups[0]["base_lr"] = optimizers.muon.param_groups[0]["base_lr"]
+    return tg.Optimizers(muon, optimizers.adam)
+
+
+def data_parallel(model, rt):
+    """DDP over the ranks, buffers not synced at each forward (the QAT switches are set alike on
+    every rank); torch 2.13 renamed broadcast_buffers to forward_sync_buffers."""
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else {"broadcast_buffers": False})
+    return DDP(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, **no_buffer_sync)
+
+
+def previous_train_step(model, batches, optimizers, grad_clip, rt):
+    """This project's previous training step: DDP all-reduces every gradient once, after the last
+    micro-batch; clipping by clip_grad_norm_; then the optimisers (AllReduceMuon)."""
+    total = torch.zeros((), device=rt.device)
+    for i, (x, y) in enumerate(batches):
+        last = i == len(batches) - 1
+        with nullcontext() if last or not isinstance(model, DDP) else model.no_sync():
+            with rt.autocast():
+                loss = model(x, y)
+            (loss / len(batches)).backward()
+        total += loss.detach()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return total / len(batches)
+
+
+class CollectiveBytes:
+    """Counts the bytes each rank sends in collectives while inside, as a ring sends them: an
+    all-reduce of n bytes 2 (W-1)/W n, a reduce-scatter or all-gather of n bytes in all (W-1)/W n.
+    Wraps torch.distributed.all_reduce and train_gpt's reduce_scatter and all_gather."""
+
+    def __init__(self, world_size: int):
+        self.world_size, self.sent, self.calls = world_size, 0.0, []
+
+    def count(self, kind: str, tensor: Tensor):
+        share = (self.world_size - 1) / self.world_size
+        self.sent += (2 if kind == "all_reduce" else 1) * share * tensor.numel() * tensor.element_size()
+        self.calls.append(kind)
+
+    @staticmethod
+    def watch(ddp):
+        """ddp with its buckets all-reduced through torch.distributed.all_reduce (the default hook in
+        Python rather than C++), where the counter sees them."""
+        ddp.register_comm_hook(None, allreduce_hook)
+        return ddp
+
+    def __enter__(self):
+        self.saved = dist.all_reduce, tg.reduce_scatter, tg.all_gather
+        all_reduce, reduce_scatter, all_gather = self.saved
+
+        def counted(kind, fn, which):
+            def wrapper(*args, **kwargs):
+                self.count(kind, args[which])
+                return fn(*args, **kwargs)
+            return wrapper
+        dist.all_reduce = counted("all_reduce", all_reduce, 0)
+        tg.reduce_scatter = counted("reduce_scatter", reduce_scatter, 1)
+        tg.all_gather = counted("all_gather", all_gather, 0)
+        return self
+
+    def __exit__(self, *exc):
+        dist.all_reduce, tg.reduce_scatter, tg.all_gather = self.saved
 
 
 def record_forward(model, args, rt):
@@ -193,12 +280,6 @@ def timed(fn, rt):
     return result, rt.agree_max(time.perf_counter() - t0)[0]
 
 
-def distributed(model, rt):
-    if rt.world_size == 1:
-        return model
-    return tg.data_parallel(model, rt)
-
-
 def race(fns, repeat: int, rt, reset=lambda i: None):
     """Times fns[0] and fns[1] `repeat` times each, interleaved in alternating order, reset(i) before
     each call; per fn, (its first result, its fastest time): the fastest counts, as load only slows."""
@@ -210,20 +291,20 @@ def race(fns, repeat: int, rt, reset=lambda i: None):
     return [(results[0][0], min(seconds for _, seconds in results)) for results in runs]
 
 
-def trainer(model, optimizers, args, rt, sdpa: bool = False):
-    """run(n): n training steps of this path on its own stream, from the start; their mean loss.
-    sdpa: FlashAttention-3 hidden, as on the straightforward path."""
+def trainer(model, args, rt, previous: bool = False):
+    """run(n): n training steps of a path on its own stream, from the start; their mean loss.
+    Ours (train_step), or with previous=True this project's previous step (DDP, AllReduceMuon)."""
     loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
-    runner = distributed(model, rt)
+    optimizers, runner, step = tg.build_optimizers(model, args, rt), model, tg.train_step
+    if previous:
+        optimizers, step = previous_optimizers(model, args, rt), previous_train_step
+        if rt.world_size > 1:
+            runner = CollectiveBytes.watch(data_parallel(model, rt))
 
     def run(n: int) -> float:
-        fa3, tg.flash_attn_3 = tg.flash_attn_3, None if sdpa else tg.flash_attn_3
-        try:
-            losses = [tg.train_step(runner, [loader.next_batch(args.train_batch_tokens // 8, args.train_seq_len)
-                                             for _ in range(rt.grad_accum_steps)], optimizers, args.grad_clip_norm, rt)
-                      for _ in range(n)]
-        finally:
-            tg.flash_attn_3 = fa3
+        losses = [step(runner, [loader.next_batch(args.train_batch_tokens // tg.MICRO_BATCHES, args.train_seq_len)
+                                for _ in range(rt.grad_accum_steps)], optimizers, args.grad_clip_norm, rt)
+                  for _ in range(n)]
         return torch.stack(losses).mean().item()
     return run
 
@@ -315,26 +396,32 @@ def main(argv=None):
         f"{steps} timed training steps", flush=True)
 
     def ours():
-        return tg.compile_model(tg.place_model(tg.build_model(args), rt.device), args, rt.device)
+        return tg.compile_model(tg.place_model(tg.build_model(args), rt), args, rt.device)
 
     def plain():
-        return tg.place_model(tg.build_model(args), rt.device)
+        return tg.place_model(tg.build_model(args), rt)
 
     rows, warmups = [], []
     if "train" not in skip:
-        model = ours()
-        ours_run = trainer(model, tg.build_optimizers(model, args), args, rt)
-        model = tg.compile_model(plain(), args, rt.device)  # the record compiles its training forward too
-        plain_run = trainer(model, straightforward_optimizers(model, args), args, rt, sdpa=True)
+        ours_run = trainer(ours(), args, rt)
+        previous_run = trainer(ours(), args, rt, previous=True)
         if opts.warmup:  # compilation
-            ours_run(opts.warmup), plain_run(opts.warmup)
-        (ours_loss, ours_s), (plain_loss, plain_s) = race([lambda: ours_run(steps), lambda: plain_run(steps)],
-                                                          opts.repeat, rt)
-        rows.append(("training", "ms/step", 1000 * ours_s / steps, 1000 * plain_s / steps, plain_s / ours_s,
-                     f"train_loss {ours_loss:.6f} / {plain_loss:.6f}"))
+            ours_run(opts.warmup), previous_run(opts.warmup)
+        (ours_loss, ours_s), (previous_loss, previous_s) = race([lambda: ours_run(steps), lambda: previous_run(steps)],
+                                                                opts.repeat, rt)
+        rows.append(("training", "ms/step", 1000 * ours_s / steps, 1000 * previous_s / steps, previous_s / ours_s,
+                     f"train_loss {ours_loss:.6f} / {previous_loss:.6f}"))
+        if rt.world_size > 1:
+            sent = []
+            for run in (ours_run, previous_run):
+                with CollectiveBytes(rt.world_size) as counter:
+                    run(1)
+                sent.append(counter.sent)
+            rows.append(("collectives", "MB/step", sent[0] / 1e6, sent[1] / 1e6, sent[1] / sent[0],
+                         f"bytes each rank sends, ring model; ours {sent[0] / sent[1]:.1%} of previous"))
 
     model = plain()  # the evaluations score weights trained a few steps, the same for both paths
-    trainer(model, tg.build_optimizers(model, args), args, rt)(3)
+    trainer(model, args, rt)(3)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     evaluations = [("standard", lambda m, v: tg.evaluate(m, v, token_bytes, args, rt),
                     lambda m, v: straightforward_evaluate(m, v, token_bytes, args, rt)),
@@ -381,7 +468,7 @@ def describe(device: torch.device) -> str:
 
 
 def table(rows) -> str:
-    header = ("", "unit", "ours", "straightforward", "speedup", "check")
+    header = ("", "unit", "ours", "baseline", "speedup", "check")
     lines = [header] + [(name, unit, f"{ours:,.1f}" if ours >= 100 else f"{ours:.3f}",
                          "—" if math.isnan(plain) else (f"{plain:,.1f}" if plain >= 100 else f"{plain:.3f}"),
                          "—" if math.isnan(ratio) else f"{ratio:.2f}x", check)

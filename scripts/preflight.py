@@ -5,9 +5,10 @@
 
 It checks the software (torch, CUDA, the GPU, FlashAttention-3, zstandard), the data (every shard's
 header and token ids, the tokenizer's vocabulary) and the disk, then runs the configured model on
-one device: a few training steps with all 8 micro-batches (as on 8 GPUs, serially), the
-quantisation and compression of its weights, and a few TTT chunks; it projects the steps that fit
-in MAX_WALLCLOCK_SECONDS on 8 GPUs and the full TTT time. One line per check:
+one device: a few training steps with all 8 micro-batches (as on 8 GPUs, serially), what the fake
+quantiser costs a step while late QAT is off, the quantisation and compression of its weights, and
+a few TTT chunks; it projects the steps that fit in MAX_WALLCLOCK_SECONDS on 8 GPUs and the full
+TTT time. One line per check:
 
     ok       NAME: what was found
     FAIL     NAME: what is wrong
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import sys
 import time
@@ -113,8 +115,8 @@ def timed(fn, rt=None):
 
 def check_training(report: Report, args, tg, torch, rt, files, steps: int):
     """A few steps of the configured model with all micro-batches on this device; its weights."""
-    model = tg.compile_model(tg.place_model(tg.build_model(args), rt.device), args, rt.device)
-    optimizers = tg.build_optimizers(model, args)
+    model = tg.compile_model(tg.place_model(tg.build_model(args), rt), args, rt.device)
+    optimizers = tg.build_optimizers(model, args, rt)
     loader = tg.DistributedTokenLoader(files["train"], 0, 1, rt.device)
     local_tokens = args.train_batch_tokens // tg.MICRO_BATCHES
 
@@ -145,7 +147,31 @@ def check_training(report: Report, args, tg, torch, rt, files, steps: int):
                             f"(one GPU of {GPUS} holds 1/{GPUS} of the activations)")
     else:
         report.skip("memory", "no CUDA device")
-    return model
+    return model, ms
+
+
+def check_fake_quant(report: Report, args, tg, torch, rt, model, step_ms: float, repeat: int = 5):
+    """What the fake quantiser costs while late QAT is off: it runs in every training forward, so
+    that switching QAT on needs no recompilation. Timed as its forward and backward over every
+    linear weight, compiled as the model is, less the plain bf16 cast that replaces it, once per
+    micro-batch of a step."""
+    weights = [m.weight for m in model.modules() if isinstance(m, tg.CastedLinear)]
+    qat, dtype = weights[0].new_tensor([0.0, 0.0, 1.0]), torch.bfloat16 if rt.bf16 else torch.float32
+
+    def forward_backward(quantise: bool):
+        outs = [(tg.fake_quant_int6(w, qat) if quantise else w).to(dtype) for w in weights]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    seconds = []
+    for quantise in (True, False):
+        fn = torch.compile(forward_backward, dynamic=False) if tg.compiles(args, rt.device) else forward_backward
+        fn(quantise)  # compilation
+        seconds.append(min(timed(lambda: fn(quantise), rt)[1] for _ in range(repeat)))
+    for w in weights:
+        w.grad = None
+    ms = 1000 * max(seconds[0] - seconds[1], 0.0) * rt.grad_accum_steps
+    verdict = "under 1 %: one graph for QAT on and off" if ms < 0.01 * step_ms else "over 1 % of a step"
+    report.ok("fake_quant", f"{ms:.2f} ms per step while QAT is off, {100 * ms / step_ms:.2f} % of a step ({verdict})")
 
 
 def check_artifact(report: Report, args, tg, model):
@@ -184,19 +210,18 @@ def main(argv=None) -> int:
     except tg.InputError as e:
         report.fail("hyperparameters", str(e))
         return 1
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    rt = tg.Runtime(0, 1, device)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # one process, on the first GPU
+        os.environ.pop(name, None)
+    rt = tg.setup_runtime()
     files, token_bytes = check_data(report, args, tg, rt)
     check_disk(report)
     if files is None:
-        for name in ("compile", "step", "memory", "artifact", "ttt"):
+        for name in ("compile", "step", "memory", "fake_quant", "artifact", "ttt"):
             report.skip(name, "the data check failed")
     else:
         try:
-            model = check_training(report, args, tg, torch, rt, files, opts.steps)
+            model, step_ms = check_training(report, args, tg, torch, rt, files, opts.steps)
+            check_fake_quant(report, args, tg, torch, rt, model, step_ms)
             check_artifact(report, args, tg, model)
             if args.ttt_enabled:
                 check_ttt(report, args, tg, rt, model, files, token_bytes, opts.ttt_chunks)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import CPU, make_args, tiny_args
+from conftest import CPU, ONE, make_args, tiny_args
 from train_gpt import (GPT, MLP, BigramHash, SmearGate, apply_rotary, bigram_hash, build_model, causal_attention,
                        place_model, remove_value_direction, rotary)
 
@@ -499,7 +499,7 @@ def test_value_embeddings_only_in_ve_layers():
 def test_place_model_on_cpu_keeps_fp32():
     model = build_model(tiny_args())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    placed = place_model(model, CPU)
+    placed = place_model(model, ONE)
     for name, p in placed.named_parameters():
         assert p.dtype == torch.float32 and p.device.type == "cpu", name
     after = placed.state_dict()

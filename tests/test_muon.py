@@ -8,7 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 import train_gpt as tg
-from conftest import spawn_gloo, tiny_args
+from conftest import ONE, spawn_gloo, tiny_args
 
 # several shapes, more than one matrix for most, rows > cols and rows < cols
 SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6), (16, 8), (8, 16), (20, 6), (5, 9)]
@@ -20,49 +20,105 @@ def make_params():
     return [nn.Parameter(torch.randn(shape, generator=g) * 0.1) for shape in SHAPES]
 
 
-def grads_for(step):
+def grads_for(step, rank=0, world_size=1):
+    """The gradients of a step, as this rank's part: multiples of 1/1024 small enough that their sums
+    over ranks are exact in any order, so that every world size sums to the same gradients."""
     g = torch.Generator().manual_seed(100 + step)
-    return [torch.randn(shape, generator=g) for shape in SHAPES]
+    full = [torch.randint(-2048, 2048, shape, generator=g) for shape in SHAPES]
+    parts = [torch.randint(-512, 512, (world_size - 1, *shape), generator=g) for shape in SHAPES]
+    mine = [f - part.sum(0) if rank == 0 else part[rank - 1] for f, part in zip(full, parts)]
+    return [m.float() / 1024 for m in mine]
 
 
-def run_muon(steps=STEPS):
+def run_muon(steps=STEPS, rank=0, world_size=1):
     params = make_params()
     opt = tg.Muon(params, LR, MOMENTUM, 5, WD)
     for step in range(steps):
-        for p, grad in zip(params, grads_for(step)):
+        for p, grad in zip(params, grads_for(step, rank, world_size)):
             p.grad = grad.clone()
         opt.step()
-    return [p.detach().clone() for p in params]
+    return [p.detach().clone() for p in params], sorted(SHAPES.index(tuple(p.shape)) for p in opt.state)
 
 
 def _counted_muon(rank, world_size):
-    """run_muon() on one rank, and the shapes of the matrices this rank orthogonalised."""
-    orthogonalised = []
-    newton_schulz5 = tg.newton_schulz5
+    """run_muon() on one rank, the shapes of the matrices this rank orthogonalised, and the
+    collectives it called."""
+    orthogonalised, calls = [], []
+    newton_schulz5, reduce_scatter, all_gather = tg.newton_schulz5, tg.reduce_scatter, tg.all_gather
 
     def counting(g, steps, *args, **kwargs):
         orthogonalised.append(tuple(g.shape))
         return newton_schulz5(g, steps, *args, **kwargs)
 
-    tg.newton_schulz5 = counting  # in this child process only
-    return run_muon(), orthogonalised
+    # in this child process only
+    tg.newton_schulz5 = counting
+    tg.reduce_scatter = lambda *a, **k: calls.append("reduce_scatter") or reduce_scatter(*a, **k)
+    tg.all_gather = lambda *a, **k: calls.append("all_gather") or all_gather(*a, **k)
+    params, _ = run_muon(rank=rank, world_size=world_size)
+    return params, orthogonalised, calls
 
 
-def test_two_ranks_match_one_process():
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_ranks_sum_their_gradients_and_match_one_process_bitwise(world_size):
+    """Each rank holds its part of every gradient; the ranks' parts sum to the one-process gradients.
+    Every rank ends with the one-process weights bit for bit, each matrix orthogonalised by one rank."""
     assert not dist.is_initialized()
     run_muon(steps=1)  # the first optimizer step imports torch._dynamo: do it once, before forking
-    results = spawn_gloo(_counted_muon, 2)
-    single = run_muon()
+    results = spawn_gloo(_counted_muon, world_size)
+    single, _ = run_muon()
     initial = make_params()
-    # each matrix orthogonalised once, by one rank, and the work is split
-    counts = [sum(shape[0] if len(shape) == 3 else 1 for shape in ortho) for _, ortho in results]
-    assert sum(counts) == STEPS * len(SHAPES), counts
-    assert all(c > 0 for c in counts), counts
-    for rank, (ranked, _) in enumerate(results):
-        assert len(ranked) == len(single)
+    counts = [sum(shape[0] if len(shape) == 3 else 1 for shape in ortho) for _, ortho, _ in results]
+    assert sum(counts) == STEPS * len(SHAPES), counts  # each matrix once per step, by one rank
+    assert all(c > 0 for c in counts), counts  # the work is split
+    for rank, (ranked, _, calls) in enumerate(results):
+        assert calls == ["reduce_scatter", "all_gather"] * STEPS, calls  # one of each per step, nothing else
         for i, (a, b, p0) in enumerate(zip(ranked, single, initial)):
             assert not torch.equal(a, p0.detach())  # every matrix was updated on every rank
             assert torch.equal(a, b), f"rank {rank} param {i} {tuple(a.shape)}: max diff {(a - b).abs().max()}"
+
+
+def _momentum_owners(rank, world_size):
+    params = make_params()
+    opt = tg.Muon(params, LR, MOMENTUM, 5, WD)
+    for p, grad in zip(params, grads_for(0, rank, world_size)):
+        p.grad = grad
+    opt.step()
+    return sorted(i for i, p in enumerate(params) if p in opt.state), opt.shares
+
+
+def test_each_rank_keeps_momentum_for_its_own_share_only():
+    results = spawn_gloo(_momentum_owners, 3)
+    shares = results[0][1]
+    assert all(r[1] == shares for r in results)  # every rank deals the same way
+    assert [owned for owned, _ in results] == shares
+    assert sorted(i for share in shares for i in share) == list(range(len(SHAPES)))
+
+
+def test_deal_out_gives_every_matrix_once_and_even_shares():
+    """Largest first to the least-loaded rank: the shares differ by at most the largest matrix, which
+    bounds the reduce-scatter's padding."""
+    sizes = [786_432] * 22 + [262_144] * 22 + [131_072] * 22 + [65_536, 32_768]  # the record's matrices
+    for world_size in (1, 2, 3, 8):
+        shares = tg.deal_out(sizes, world_size)
+        assert sorted(i for share in shares for i in share) == list(range(len(sizes)))
+        loads = [sum(sizes[i] for i in share) for share in shares]
+        assert max(loads) - min(loads) <= max(sizes)
+        assert max(loads) * world_size <= 1.02 * sum(sizes), (world_size, loads)  # under 2 % of padding
+    assert tg.deal_out([5, 9, 7], 2) == [[1], [0, 2]]
+    assert tg.deal_out([1, 2], 4) == [[1], [0], [], []]  # more ranks than matrices: some hold none
+
+
+def test_a_missing_gradient_counts_as_zeros():
+    params, twins = make_params(), make_params()
+    opt, twin_opt = tg.Muon(params, LR, MOMENTUM, 5, WD), tg.Muon(twins, LR, MOMENTUM, 5, WD)
+    for step in range(2):
+        for i, (p, t, grad) in enumerate(zip(params, twins, grads_for(step))):
+            p.grad = None if step == 1 and i == 0 else grad.clone()
+            t.grad = torch.zeros_like(grad) if step == 1 and i == 0 else grad.clone()
+        opt.step(), twin_opt.step()
+    for p, t in zip(params, twins):
+        assert torch.equal(p, t)
+    assert not torch.equal(params[0], make_params()[0])
 
 
 # ----------------------------------------------------------------------------- reference
@@ -139,7 +195,7 @@ def test_build_optimizers_groups():
     args = tiny_args(vocab_size=64, bigram_vocab_size=64, train_seq_len=16, eval_seq_len=16, train_batch_tokens=128,
                      matrix_lr=0.011, tied_embed_lr=0.022, scalar_lr=0.033, muon_wd=0.05, adam_wd=0.06)
     model = tg.build_model(args)
-    muon, adam = tg.build_optimizers(model, args)
+    muon, adam = tg.build_optimizers(model, args, ONE)
     assert isinstance(muon, tg.Muon) and isinstance(adam, torch.optim.AdamW)
     names = {id(p): n for n, p in model.named_parameters()}
 

@@ -24,9 +24,11 @@ def test_preflight_passes_on_the_cpu_with_cuda_checks_skipped(tiny_data, tmp_pat
     found = checks(result.stdout)
     assert found == {"torch": "ok", "cuda": "skipped", "gpu": "skipped", "flash_attn_3": "skipped", "zstandard": "ok",
                      "tokenizer": "ok", "data": "ok", "disk": "ok", "compile": "ok", "step": "ok", "memory": "skipped",
-                     "artifact": "ok", "ttt": "ok"}
+                     "fake_quant": "ok", "artifact": "ok", "ttt": "ok"}
     assert result.stdout.strip().endswith("preflight: all checks passed")
     assert re.search(r"^ok       artifact: .*\(int6:24 int8:3 passthrough:24\)", result.stdout, re.M)
+    assert re.search(r"^ok       fake_quant: [\d.]+ ms per step while QAT is off, [\d.]+ % of a step \((under|over) 1 %",
+                     result.stdout, re.M)
 
 
 def test_preflight_fails_on_bad_data_and_on_a_diverging_step(tiny_data, tmp_path):
@@ -37,6 +39,7 @@ def test_preflight_fails_on_bad_data_and_on_a_diverging_step(tiny_data, tmp_path
     assert result.returncode == 1
     found = checks(result.stdout)
     assert found["data"] == "FAIL" and found["step"] == "skipped" and found["ttt"] == "skipped"
+    assert found["fake_quant"] == "skipped"
     assert "preflight: FAILED: data" in result.stdout
 
     diverging = clean_environ(**tiny_run_env(tiny_data, MATRIX_LR="1e9", TTT_ENABLED="0"))

@@ -10,8 +10,8 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import train_gpt as tg
-from conftest import (CHUNK as K, CPU, ONE, REPO, SEQ_LEN as L, STRIDE as S, clean_environ, load_inputs, load_tool,
-                      run_script, scoring_model, spawn_gloo, tiny_args, torchrun_cmd)
+from conftest import (CHUNK as K, CPU, ONE, REPO, SEQ_LEN as L, STRIDE as S, clean_environ, filled_model, load_inputs,
+                      load_tool, run_script, scoring_model, spawn_gloo, tiny_args, torchrun_cmd)
 
 bench = load_tool("scripts/bench.py", "bench")
 
@@ -100,15 +100,15 @@ def test_compiled_evaluations_trace_a_fixed_set_of_graphs(tiny_data, monkeypatch
     torch._dynamo.reset()
 
 
-def test_straightforward_muon_is_muon():
-    """The benchmark's baseline optimiser computes the same updates, one matrix at a time."""
+def test_previous_muon_computes_our_updates():
+    """The benchmark's previous Muon (all-reduced updates) gives our updates in one process."""
     shapes = [(8, 16), (16, 8), (8, 16), (12, 12), (20, 6)]
     g = torch.Generator().manual_seed(0)
     start = [torch.randn(s, generator=g) for s in shapes]
     results = []
-    for cls in (tg.Muon, bench.StraightforwardMuon):
+    for make in (lambda ps: tg.Muon(ps, 0.05, 0.9, 5, 0.04), lambda ps: bench.AllReduceMuon(ps, 0.05, 0.9, 5, 0.04, torch.float32)):
         params = [torch.nn.Parameter(t.clone()) for t in start]
-        opt = cls(params, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.04)
+        opt = make(params)
         for step in range(3):
             gen = torch.Generator().manual_seed(100 + step)
             for p in params:
@@ -119,7 +119,108 @@ def test_straightforward_muon_is_muon():
         assert torch.allclose(a, b, atol=1e-6) and not torch.equal(a, s)
 
 
-ROW = re.compile(r"^\| (training|(?:standard|sliding|ttt) (?:eval|warm-up)|quantise\+zstd) +\| (\S+) +"
+# ----------------------------------------------------------------------------- traffic per training step
+
+# The record's topology and matrix proportions at an eighth of its width: 11 blocks of dimension 64,
+# tables of 1024 / 8 and 3072 / 8 rows; bf16 tables, autocast and updates, as on CUDA.
+NARROW = dict(num_layers=11, model_dim=64, num_heads=8, num_kv_heads=4, rope_dims=4, xsa_last_n=4, ve_layers="9,10",
+              ve_dim=16, bigram_vocab_size=384, bigram_dim=16, vocab_size=128, train_seq_len=16, train_batch_tokens=8 * 16)
+
+
+def ring_bytes(numel_bytes: float, world_size: int, all_reduce: bool) -> float:
+    return (2 if all_reduce else 1) * (world_size - 1) / world_size * numel_bytes
+
+
+def expected_bytes(model, world_size: int) -> tuple[float, float]:
+    """(ours, previous) bytes each rank sends per step with bf16 tables and updates, by formula:
+    ours reduce-scatters the fp32 matrix gradients (shares padded), all-gathers their bf16 updates,
+    all-reduces the rest and one fp32 norm; previous all-reduces every gradient (DDP), then a
+    full-size bf16 buffer of updates."""
+    matrices = [m.weight for m in model.modules() if isinstance(m, tg.CastedLinear)]
+    taken = {id(p) for p in matrices}
+    rest = sum(p.numel() * (2 if isinstance(m, torch.nn.Embedding) else 4)
+               for m in model.modules() for p in m.parameters(recurse=False) if id(p) not in taken)
+    sizes = [p.numel() for p in matrices]
+    padded = world_size * max(sum(sizes[i] for i in share) for share in tg.deal_out(sizes, world_size))
+    ours = ring_bytes(4 * padded + 2 * padded, world_size, False) + ring_bytes(rest + 4, world_size, True)
+    previous = ring_bytes(4 * sum(sizes) + rest + 2 * sum(sizes), world_size, True)
+    return ours, previous
+
+
+def _bytes_per_step(rank, world_size):
+    """One training step of ours and one of the previous path on this rank, counted."""
+    args = tiny_args(**NARROW)
+    rt = tg.Runtime(rank, world_size, CPU, bf16=True)
+    ids = torch.randint(0, args.vocab_size, (rt.grad_accum_steps, 1, args.train_seq_len + 1),
+                        generator=torch.Generator().manual_seed(rank))
+    batches = [(row[:, :-1], row[:, 1:]) for row in ids]
+    model = tg.place_model(tg.build_model(args), rt)
+    optimizers = tg.build_optimizers(model, args, rt)
+    with bench.CollectiveBytes(world_size) as ours:
+        tg.train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+    model = tg.place_model(tg.build_model(args), rt)
+    ddp = bench.CollectiveBytes.watch(bench.data_parallel(model, rt))
+    optimizers = bench.previous_optimizers(model, args, rt)
+    with bench.CollectiveBytes(world_size) as previous:
+        bench.previous_train_step(ddp, batches, optimizers, args.grad_clip_norm, rt)
+    return (ours.sent, ours.calls), (previous.sent, previous.calls)
+
+
+def three_steps_of_batches(args, rt) -> list:
+    """This rank's micro-batches of three training steps of the tiny model."""
+    return [[(row[:, :-1], row[:, 1:]) for row in torch.randint(0, args.vocab_size, (rt.grad_accum_steps, 1, args.train_seq_len + 1),
+                                                                generator=torch.Generator().manual_seed(10 * step + rt.rank))]
+            for step in range(3)]
+
+
+def _three_steps_both_ways(rank, world_size):
+    """The weights after three training steps of ours and of the previous path, from the same
+    weights on the same batches."""
+    args, rt = tiny_args(), tg.Runtime(rank, world_size, CPU)
+    model, reference = tg.place_model(filled_model(args), rt), tg.place_model(filled_model(args), rt)
+    optimizers, previous = tg.build_optimizers(model, args, rt), bench.previous_optimizers(reference, args, rt)
+    ddp = bench.data_parallel(reference, rt) if world_size > 1 else reference
+    for batches in three_steps_of_batches(args, rt):
+        tg.train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+        bench.previous_train_step(ddp, batches, previous, args.grad_clip_norm, rt)
+    return model.state_dict(), reference.state_dict()
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_our_step_equals_the_previous_step(world_size):
+    """Summing the gradients ourselves (reduce-scatter for Muon's matrices, all-reduce for the rest)
+    and clipping by the global norm gives what DDP, clip_grad_norm_ and the all-reduced Muon give."""
+    args = tiny_args()
+    model = filled_model(args)
+    batches = three_steps_of_batches(args, ONE)[0]
+    sum(model(x, y) for x, y in batches).backward()
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) / len(batches) > args.grad_clip_norm  # clipping acts
+    results = spawn_gloo(_three_steps_both_ways, world_size) if world_size > 1 else [_three_steps_both_ways(0, 1)]
+    for ours, previous in results:
+        for name, w in ours.items():
+            torch.testing.assert_close(w, previous[name], atol=1e-5, rtol=0, msg=name)  # Adam magnifies rounding
+    assert all(torch.equal(results[0][0][k], r[0][k]) for r in results for k in results[0][0])  # the ranks agree
+
+
+@pytest.mark.parametrize("world_size", [2, 8])
+def test_a_training_step_sends_at_most_55_percent_of_the_previous_bytes(world_size):
+    """Counted by wrapping the collectives and DDP's buckets, at 2 and 8 gloo processes, with the dtypes
+    of a CUDA run; the counts equal the formula, and the formula at the record's size keeps the bound."""
+    results = spawn_gloo(_bytes_per_step, world_size)
+    args = tiny_args(**NARROW)
+    expected_ours, expected_previous = expected_bytes(tg.place_model(tg.build_model(args), tg.Runtime(0, 1, CPU, bf16=True)),
+                                                      world_size)
+    for (ours, ours_calls), (previous, previous_calls) in results:
+        assert ours_calls == ["all_reduce", "all_reduce", "reduce_scatter", "all_reduce", "all_gather"], ours_calls
+        assert previous_calls.count("all_reduce") == len(previous_calls) >= 2
+        assert ours == pytest.approx(expected_ours) and previous == pytest.approx(expected_previous)
+        assert ours <= 0.55 * previous, ours / previous
+    record = tg.place_model(tg.build_model(tg.Hyperparameters()), tg.Runtime(0, 1, CPU, bf16=True))
+    ours, previous = expected_bytes(record, world_size)
+    assert ours <= 0.55 * previous, ours / previous
+
+
+ROW = re.compile(r"^\| (training|collectives|(?:standard|sliding|ttt) (?:eval|warm-up)|quantise\+zstd) +\| (\S+) +"
                  r"\| ([\d,.]+) +\| ([\d,.]+|—) +\| ([\d.]+x|—) +\| (.*?) +\|$", re.M)
 
 
@@ -171,6 +272,10 @@ def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
                         clean_environ(**tiny_env), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {m[1]: m for m in ROW.finditer(result.stdout)}
-    assert list(rows) == ["training", "ttt eval", "ttt warm-up", "quantise+zstd"]
+    assert list(rows) == ["training", "collectives", "ttt eval", "ttt warm-up", "quantise+zstd"]
     assert "world_size=2 grad_accum_steps=4" in result.stdout
+    ours_loss, previous_loss = re.fullmatch(r"train_loss (\S+) / (\S+)", rows["training"][6]).groups()
+    assert ours_loss == previous_loss  # the first step of both paths, from the same weights and data
+    ours, previous = float(rows["collectives"][3]), float(rows["collectives"][4])
+    assert ours < previous and float(rows["collectives"][5][:-1]) == pytest.approx(previous / ours, rel=0.02)
     assert float(re.search(r"\(diff (\S+)\)", rows["ttt eval"][6])[1]) <= 1e-6

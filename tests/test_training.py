@@ -59,7 +59,7 @@ def test_warmup_prime_restores_everything(tiny_env, tiny_data):
 
     def fresh():
         model = tg.build_model(args)
-        return model, tg.build_optimizers(model, args), tg.DistributedTokenLoader(files, 0, 1, CPU)
+        return model, tg.build_optimizers(model, args, ONE), tg.DistributedTokenLoader(files, 0, 1, CPU)
 
     model, optimizers, loader = fresh()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -73,7 +73,7 @@ def test_warmup_prime_restores_everything(tiny_env, tiny_data):
         seen.append((moved, [len(opt.state) for opt in optimizers], loader.stream.state()))
 
     handle = model.register_forward_pre_hook(hook)
-    tg.warmup_prime(model, model, optimizers, loader, args, rt)
+    tg.warmup_prime(model, optimizers, loader, args, rt)
     handle.remove()
 
     assert len(seen) == 3 * rt.grad_accum_steps  # 3 real steps of 8 micro-batches
@@ -209,16 +209,3 @@ def test_main_default_ema_run_log(tiny_env, monkeypatch):
     one(lines, r"DIAGNOSTIC post_ema val_loss:[\d.]+ val_bpb:[\d.]+ eval_time:\d+ms")
 
 
-def _wrap_on_rank(rank, world_size):
-    """data_parallel on one gloo rank: (warnings it raised, whether DDP syncs buffers at each forward)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        ddp = tg.data_parallel(tg.build_model(tiny_args()), tg.Runtime(rank, world_size, CPU))
-    syncs = getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None))
-    return [str(w.message)[:80] for w in caught if issubclass(w.category, FutureWarning)], syncs
-
-
-def test_data_parallel_skips_the_buffer_sync_without_a_deprecation_warning():
-    """The QAT switches are buffers set alike on every rank: DDP need not broadcast them at every
-    forward. torch 2.13 renamed the keyword; the old one warns from every rank of every run."""
-    assert spawn_gloo(_wrap_on_rank, 2) == [([], False), ([], False)]
