@@ -464,33 +464,34 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
-def fake_quant_int6(w: Tensor, qat: Tensor) -> Tensor:
-    """Late QAT (§5). qat = [enabled, soft_round, tau] as a tensor, so that switching takes effect
-    inside compiled code. Forward: w, or its per-row int6 quantisation once enabled. Backward:
-    identity (straight-through), or with soft_round the gradient of the surrogate
+def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
+    """Late QAT (§5). Forward: the per-row int6 quantisation of w. Backward: identity (straight-
+    through), or, once soft_round = [on, tau] (a tensor, so that switching takes effect inside
+    compiled code) is on, the gradient of the surrogate
     s * clamp(floor(u) + sigmoid((u - floor(u) - 0.5) / tau), -31, 31), u = w / s, s constant."""
-    enabled, soft_round, tau = qat[0], qat[1], qat[2]
+    on, tau = soft_round[0], soft_round[1]
     s = (w.detach().abs().amax(dim=1, keepdim=True) / 31).clamp_min(1 / 31)
     u = w / s
     floor_u = torch.floor(u.detach())
     hard = torch.clamp(torch.round(u.detach()), -31, 31) * s
     surrogate = torch.clamp(floor_u + torch.sigmoid((u - floor_u - 0.5) / tau), -31, 31) * s
-    value = torch.where(enabled > 0, hard, w.detach())
-    grad_path = torch.where(soft_round > 0, surrogate, w)
-    return grad_path + (value - grad_path).detach()
+    grad_path = torch.where(on > 0, surrogate, w)
+    return grad_path + (hard - grad_path).detach()
 
 
 class CastedLinear(nn.Linear):
     """Linear layer without bias: fp32 weight, matmul in the activation dtype, int6 fake
-    quantisation in training mode while late QAT is on."""
+    quantisation in training mode while late QAT is on. qat is a Python flag: a compiled model
+    holds one graph with the fake quantiser and one without (warm-up priming builds both), so
+    that it costs nothing before QAT; soft_round is a tensor, read inside the graph."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
-        self.zero_init = zero_init
-        self.register_buffer("qat", torch.tensor([0.0, 0.0, 1.0]), persistent=False)
+        self.zero_init, self.qat = zero_init, False
+        self.register_buffer("soft_round", torch.tensor([0.0, 1.0]), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = fake_quant_int6(self.weight, self.qat) if self.training else self.weight
+        w = fake_quant_int6(self.weight, self.soft_round) if self.training and self.qat else self.weight
         return F.linear(x, w.to(x.dtype))
 
 
@@ -677,10 +678,11 @@ class GPT(nn.Module):
             proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
 
     def set_qat(self, enabled: bool, soft_round: bool, tau: float):
-        """Late QAT switches (§5); buffers, so compiled graphs see them without recompiling."""
+        """Late QAT switches (§5): QAT selects the compiled graph, soft-round is read inside it."""
         for module in self.modules():
             if isinstance(module, CastedLinear):
-                module.qat.copy_(torch.tensor([float(enabled), float(soft_round), tau]))
+                module.qat = enabled
+                module.soft_round.copy_(torch.tensor([float(soft_round), tau]))
 
     def forward_logits(self, ids: Tensor) -> Tensor:
         """Soft-capped logits (B, T, V) in float32."""
@@ -995,15 +997,18 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
 
 
 def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader, args: Hyperparameters, rt: Runtime):
-    """WARMUP_STEPS real steps to compile and warm up kernels, then restore the initial weights,
-    optimiser states and data stream exactly: the run starts as if they never happened."""
+    """WARMUP_STEPS real steps to compile and warm up kernels, every other one with late QAT on (its
+    graph, too, is built before the timed run), then restore the initial weights, optimiser states,
+    QAT switch and data stream exactly: the run starts as if they never happened."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     stream = loader.stream.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
-    for _ in range(args.warmup_steps):
+    for i in range(args.warmup_steps):
+        model.set_qat(i % 2 == 1, False, args.soft_round_tau)
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
         train_step(model, batches, optimizers, args.grad_clip_norm, rt)
+    model.set_qat(False, False, args.soft_round_tau)
     model.load_state_dict(weights)
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
