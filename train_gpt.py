@@ -77,6 +77,7 @@ class Hyperparameters:
     # evaluation
     val_batch_size: int = 524_288
     val_loss_every: int = 4000  # 0: only at the end
+    val_tokens: int = 0  # > 0: evaluate on the first VAL_TOKENS targets only (a fixed subset; 0: all, the record)
     eval_seq_len: int = 2048
     eval_stride: int = 64
     # model (§4)
@@ -172,7 +173,7 @@ class Hyperparameters:
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
                      "soft_round_tau logit_softcap rope_base passthrough_max_numel").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
-        for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every "
+        for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
                      "xsa_last_n muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
@@ -376,10 +377,11 @@ class DistributedTokenLoader:
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
 
 
-def load_validation_tokens(files, seq_len: int) -> Tensor:
-    """All val shards, truncated to a whole number of sequences plus one token."""
+def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
+    """The val shards (their first `limit` targets if limit > 0), truncated to a whole number of
+    sequences plus one token."""
     tokens = np.concatenate([read_shard(f) for f in files])
-    usable = (len(tokens) - 1) // seq_len * seq_len
+    usable = (min(len(tokens) - 1, limit or len(tokens)) // seq_len) * seq_len
     if usable <= 0:
         raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
@@ -1478,7 +1480,7 @@ def main(clock=time.perf_counter):
         val_files = list_shards(args.data_path, "val")
         train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
         check_token_ids(val_files + train_files, args.vocab_size, rt)
-        val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len)).to(rt.device)
+        val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
         model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters

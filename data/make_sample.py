@@ -51,9 +51,10 @@ def output_names(vocab_size):
             "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
 
 
-def _source_files(root):
+def source_files(root, skip=SKIP_DIRS):
+    """The .py files under root in sorted path order, directories named in skip left out."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
         for name in sorted(filenames):
             if name.endswith(".py"):
                 yield Path(dirpath, name)
@@ -82,7 +83,7 @@ def _normalise(text):
 def collect_documents(max_chars=3_000_000):
     """Unique stdlib docstrings of >= MIN_DOC_CHARS, in sorted file order, up to max_chars in total."""
     docs, seen, total = [], set(), 0
-    for path in _source_files(sysconfig.get_paths()["stdlib"]):
+    for path in source_files(sysconfig.get_paths()["stdlib"]):
         for raw in _docstrings(path):
             doc = _normalise(raw)
             if len(doc) < MIN_DOC_CHARS or doc in seen:
@@ -95,7 +96,8 @@ def collect_documents(max_chars=3_000_000):
     return docs
 
 
-def _train_tokenizer(docs, vocab_size):
+def train_tokenizer(docs, vocab_size):
+    """A SentencePiece BPE model (bytes) trained on docs, byte fallback on, deterministic."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(docs), model_writer=model,
@@ -109,7 +111,8 @@ def _train_tokenizer(docs, vocab_size):
     return model.getvalue()
 
 
-def _encode(sp, docs):
+def encode(sp, docs):
+    """The documents' tokens, each document as [BOS] + its tokens, as little-endian uint16."""
     return np.array([t for doc in docs for t in [BOS] + sp.encode(doc)], dtype="<u2")
 
 
@@ -121,9 +124,9 @@ def build_sample(out_dir, vocab_size=1024, max_chars=3_000_000):
                           "raise --max-chars or check the Python installation")
     val_docs = docs[::VAL_EVERY]
     train_docs = [d for i, d in enumerate(docs) if i % VAL_EVERY]
-    model = _train_tokenizer(train_docs, vocab_size)
+    model = train_tokenizer(train_docs, vocab_size)
     sp = spm.SentencePieceProcessor(model_proto=model)
-    train, val = _encode(sp, train_docs), _encode(sp, val_docs)
+    train, val = encode(sp, train_docs), encode(sp, val_docs)
     starts = np.flatnonzero(train == BOS)
     cut = starts[np.argmin(np.abs(starts - len(train) / 2))]  # > 0: there are >= 2 train docs
 

@@ -262,6 +262,15 @@ def test_load_validation_tokens_truncates(tmp_path, sizes, seq_len):
     assert np.array_equal(got.numpy().astype(np.int64), tokens[:expected_len])
 
 
+@pytest.mark.parametrize("limit,expected", [(0, 97), (50, 49), (48, 49), (47, 33), (1000, 97)])
+def test_val_tokens_keeps_a_fixed_prefix(tmp_path, limit, expected):
+    """VAL_TOKENS = limit: the first `limit` targets, rounded down to whole sequences (16 here)."""
+    tokens = np.random.default_rng(2).integers(0, 1024, size=100)
+    files = write_shards(tmp_path, "val", [tokens])
+    got = load_validation_tokens(files, 16, limit)
+    assert np.array_equal(got.numpy().astype(np.int64), tokens[:expected])
+
+
 @pytest.mark.parametrize("n,seq_len", [(4, 4), (1, 4), (8, 8), (0, 2)])
 def test_load_validation_tokens_too_short(tmp_path, n, seq_len):
     path = tmp_path / "fineweb_val_000000.bin"

@@ -1,0 +1,118 @@
+"""The CPU proxy benchmark: the corpus builder (deterministic, held out by whole file, the challenge's
+shard format) and the runner (arms x seeds, a table whose figures are the logs', resuming a study
+without rerunning finished runs, refusing a finished run of other settings)."""
+import json
+import math
+import re
+import sys
+
+import pytest
+
+import train_gpt as tg
+from conftest import REPO, clean_environ, load_tool, run_script
+
+make_proxy = load_tool("data/make_proxy.py", "make_proxy")
+proxy = load_tool("scripts/proxy.py", "proxy")
+summarize_logs = load_tool("scripts/summarize_logs.py", "summarize_logs_for_proxy")
+
+SMALL = dict(max_chars=400_000, min_train=50_000, min_val=2_000)
+
+
+def test_the_corpus_is_deterministic_and_held_out_by_whole_file(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    counts = make_proxy.build_proxy(first, **SMALL)
+    assert make_proxy.build_proxy(second, **SMALL) == counts
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    assert names[-1] == "proxy_1024_bpe.model" and "fineweb_val_000000.bin" in names
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    train = tg.list_shards(first, "train")
+    assert sum(tg.shard_token_count(f) for f in train) == counts["train_tokens"] >= SMALL["min_train"]
+    assert tg.shard_token_count(first / "fineweb_val_000000.bin") == counts["val_tokens"] >= SMALL["min_val"]
+    sp = tg.load_tokenizer(first / "proxy_1024_bpe.model", 1024)
+    assert sp.vocab_size() == 1024 and 1.0 < counts["bytes_per_token"] < 6.0
+    docs = make_proxy.collect_documents(SMALL["max_chars"])
+    val, rest = docs[::make_proxy.VAL_EVERY], [d for i, d in enumerate(docs) if i % make_proxy.VAL_EVERY]
+    assert counts["val_docs"] == len(val) and counts["train_docs"] == len(rest)
+    assert not set(val) & set(rest)  # no validation file is also a training file
+    assert any("def " in d for d in docs) and any("#" in d for d in docs)  # whole files: code and comments
+
+
+def test_too_small_a_corpus_is_one_line(tmp_path):
+    result = run_script([sys.executable, str(REPO / "data" / "make_proxy.py"), "--out", str(tmp_path / "p"),
+                         "--max-chars", "100000"], clean_environ(), tmp_path)
+    assert result.returncode == 1
+    assert re.fullmatch(r"make_proxy: error: [\d,]+ train and [\d,]+ validation tokens, fewer than the 5,000,000 "
+                        r"and 250,000 the proxy needs\n", result.stderr)
+    assert not (tmp_path / "p" / "proxy_1024_bpe.model").exists()
+
+
+def test_paired_difference_interval_is_the_t_interval():
+    d = proxy.paired([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) x sd 1 / sqrt(3)
+    assert d["mean"] == 2.0 and d["low"] == pytest.approx(2 - half) and d["high"] == pytest.approx(2 + half)
+    single = proxy.paired([0.5], [0.25])
+    assert single["mean"] == 0.25 and single["low"] is None
+
+
+@pytest.mark.parametrize("text,problem", [("base", "expected NAME:"), ("a b:X=1", "expected NAME:"),
+                                          ("swa:weight_avg=swa", "is not VAR=VALUE"), ("x:SEED", "is not VAR=VALUE")])
+def test_bad_arms_are_refused(text, problem):
+    with pytest.raises(proxy.ProxyError, match=problem):
+        proxy.parse_arm(text)
+    assert proxy.parse_arm("swa:WEIGHT_AVG=swa,SWA_EVERY=2") == ("swa", {"WEIGHT_AVG": "swa", "SWA_EVERY": "2"})
+    assert proxy.parse_arm("base:") == ("base", {})
+
+
+TABLE_ROW = re.compile(r"^\| (\S+) \| (\d+) \| (.+) \|$", re.M)
+
+
+def table_rows(stdout: str) -> dict:
+    return {m[1]: [c.strip() for c in m[3].split("|")] for m in TABLE_ROW.finditer(stdout) if m[1] != "arm"}
+
+
+def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
+    out = tmp_path / "proxy"
+    script = [sys.executable, str(REPO / "scripts" / "proxy.py"), "--quick", "--nproc", "1", "--out", str(out)]
+    result = run_script(script, clean_environ(), REPO, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = table_rows(result.stdout)
+    assert list(rows) == ["base"]
+    log = summarize_logs.parse_log(out / "base" / "seed1337" / "logs" / "run.txt")
+    lines = (out / "base" / "seed1337" / "logs" / "run.txt").read_text().splitlines()
+    assert any(re.fullmatch(r"val_tokens:8192 device:cpu attention:sdpa", line) for line in lines)  # VAL_TOKENS
+    expected = [f"{log['post_val_bpb']:.4f}", f"{log['roundtrip_val_bpb']:.5f}",
+                f"{log['roundtrip_val_bpb'] - log['post_val_bpb']:+.5f}", f"{log['sliding_val_bpb']:.5f}",
+                f"{log['ttt_val_bpb']:.5f}", f"{log['ttt_val_bpb'] - log['sliding_val_bpb']:+.5f}", "24",
+                f"{log['val_curve'][-1][3] / 1000:.1f}", f"{log['model_bytes']:,}", "—"]
+    assert rows["base"] == expected
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"]["base"]["1337"]["ttt_val_bpb"] == log["ttt_val_bpb"]
+
+    # the fixed-checkpoint comparison reproduces the run's own roundtrip, gap and artifact size
+    result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--checkpoint",
+                         str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets", result.stdout)[1])
+    assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
+    row = re.search(r"^\| clip \| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)
+    assert float(row[1]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
+    assert float(row[2]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)
+    assert int(row[3].replace(",", "")) == log["model_bytes"]
+
+    # a second arm: the finished base run is not run again; the paired difference is the logs'
+    stamp = (out / "base" / "seed1337" / "logs" / "run.txt").stat().st_mtime_ns
+    result = run_script(script + ["--arm", "base:", "--arm", "ema:EMA_DECAY=0.8"], clean_environ(), REPO, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "proxy: base seed 1337 already finished" in result.stdout and "proxy: running ema seed 1337" in result.stdout
+    assert (out / "base" / "seed1337" / "logs" / "run.txt").stat().st_mtime_ns == stamp
+    rows = table_rows(result.stdout)
+    other = summarize_logs.parse_log(out / "ema" / "seed1337" / "logs" / "run.txt")
+    assert rows["ema"][-1] == f"{other['ttt_val_bpb'] - log['ttt_val_bpb']:+.5f}"
+
+    # the same arm name with other settings is refused, not mixed in
+    result = run_script(script + ["--arm", "base:EMA_DECAY=0.5"], clean_environ(), REPO, timeout=600)
+    assert result.returncode == 1
+    assert re.fullmatch(r"proxy: error: \S+seed1337 holds a run with other settings: remove it or give the arm "
+                        r"another name\n", result.stderr)
