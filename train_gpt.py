@@ -128,6 +128,11 @@ class Hyperparameters:
     ttt_burst_lr_factor: float = 0.1
     ttt_burst_steps: int = 100
     ttt_burst_trigger: float = 0.2
+    # artifact quantiser (§6)
+    quant_method: str = "clip"  # clip: per-row clip search (the record) | gptq: full-Hessian GPTQ for the int6 matrices
+    gptq_calibration: str = "train"  # train: training batches inside the wallclock | self: text the model generates
+    gptq_sequences: int = 64  # calibration sequences of TRAIN_SEQ_LEN, shared out over ranks
+    gptq_reserve_seconds: float = 14.0  # train calibration: training stops this much before MAX_WALLCLOCK_SECONDS
     # score-first test-time training (§7)
     ttt_enabled: bool = True
     ttt_lr: float = 0.002
@@ -161,6 +166,12 @@ class Hyperparameters:
     __delattr__ = __setattr__
 
     @property
+    def train_seconds(self) -> float:
+        """The wallclock of the training loop: MAX_WALLCLOCK_SECONDS less the calibration's reserve."""
+        reserve = self.gptq_reserve_seconds if self.quant_method == "gptq" and self.gptq_calibration == "train" else 0
+        return max(self.max_wallclock_seconds - reserve, 0.0) if self.max_wallclock_seconds else 0.0
+
+    @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
 
@@ -171,13 +182,13 @@ class Hyperparameters:
         for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
                      "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
-                     "soft_round_tau logit_softcap rope_base passthrough_max_numel").split():
+                     "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
                      "xsa_last_n muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
-                     "soft_round_threshold swa_trigger ttt_burst_trigger").split():
+                     "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds").split():
             need(getattr(self, name) >= 0, f"{name.upper()} must be >= 0, got {getattr(self, name)}")
         for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum".split():
             need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
@@ -186,6 +197,11 @@ class Hyperparameters:
         need(self.compile in ("auto", "0", "1"), f"COMPILE must be auto, 0 or 1, got {self.compile!r}")
         need(self.attention in ("auto", "fa3", "sdpa"), f"ATTENTION must be auto, fa3 or sdpa, got {self.attention!r}")
         need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
+        need(self.quant_method in ("clip", "gptq"), f"QUANT_METHOD must be clip or gptq, got {self.quant_method!r}")
+        need(self.gptq_calibration in ("train", "self"), f"GPTQ_CALIBRATION must be train or self, got {self.gptq_calibration!r}")
+        need(not (self.quant_method == "gptq" and self.gptq_calibration == "train" and self.max_wallclock_seconds
+                  and self.gptq_reserve_seconds >= self.max_wallclock_seconds),
+             f"GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds}")
         need(self.tie_embeddings, "TIE_EMBEDDINGS=0 is not supported: this recipe ties the output head to tok_emb")
         need(self.vocab_size <= 65536, f"VOCAB_SIZE must be <= 65536 (uint16 shards), got {self.vocab_size}")
         need(self.model_dim % self.num_heads == 0, f"MODEL_DIM={self.model_dim} must be a multiple of NUM_HEADS={self.num_heads}")
@@ -951,7 +967,7 @@ def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     if args.max_wallclock_seconds == 0:
         return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
     warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
-    remaining_ms = max(1000 * args.max_wallclock_seconds - elapsed_ms, 0.0)
+    remaining_ms = max(1000 * args.train_seconds - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
 
@@ -1085,18 +1101,100 @@ def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor
     return best_q.to(torch.int8), best_scale
 
 
-def quantize_state_dict(state_dict: dict[str, Tensor],
-                        passthrough_max_numel: int = Hyperparameters.passthrough_max_numel) -> dict:
-    """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors."""
-    weights, meta = {}, {}
+def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 128) -> Tensor:
+    """GPTQ's integer levels of w (columns in act order) with row scales: column by column, each
+    rounding error, divided by U[j, j], is spread over the later columns through U, the upper
+    Cholesky factor of H^-1; in blocks of columns, the columns after a block updated once for it."""
+    w, q = w.clone(), torch.zeros_like(w)
+    for start in range(0, w.shape[1], block):
+        stop = min(start + block, w.shape[1])
+        errors = torch.zeros(w.shape[0], stop - start)
+        for j in range(start, stop):
+            q[:, j] = torch.clamp(torch.round(w[:, j] / scale), -max_q, max_q)
+            errors[:, j - start] = (w[:, j] - q[:, j] * scale) / u[j, j]
+            w[:, j:stop] -= errors[:, j - start, None] * u[j, j:stop]
+        w[:, stop:] -= errors @ u[start:stop, stop:]
+    return q
+
+
+def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor] | None:
+    """Full-Hessian GPTQ (§6) of w (out x in), H = mean X^T X of its inputs: dead columns zeroed, 1 %
+    damping, act order, row scales from the clip quantiles of |w|, each row keeping the scale with
+    the least H-weighted error (w - q s) H (w - q s)^T. None if the damped H is not positive definite."""
+    w, h = w.float().clone(), h.float().cpu().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    damped = h + 0.01 * h.diagonal().mean() * torch.eye(len(h))
+    order = torch.argsort(damped.diagonal(), descending=True)
+    try:
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped[order][:, order])), upper=True)
+    except torch.linalg.LinAlgError:
+        return None
+    best_q = best_scale = best_err = None
+    for quantile in clip_quantiles:
+        clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
+        scale = (clip / max_q).clamp_min(1 / max_q).half()
+        q = torch.empty_like(w)
+        q[:, order] = gptq_levels(w[:, order], u, scale.float(), max_q)
+        e = w - q * scale.float()[:, None]
+        err = ((e @ h) * e).sum(dim=1)
+        if best_err is None:
+            best_q, best_scale, best_err = q, scale, err
+        else:
+            better = err < best_err
+            best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
+    return best_q.to(torch.int8), best_scale
+
+
+@torch.no_grad()
+def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str, Tensor]:
+    """H = mean over tokens of X^T X, X the input of each linear layer, keyed by its weight's
+    state-dict name; batches: token ids (B, T) run through the model. Averaged over ranks with rt."""
+    sums, handles, tokens = {}, [], 0
+
+    def accumulate(name):
+        def hook(module, inputs):
+            x = inputs[0].detach().flatten(0, -2).float()
+            sums[name] = sums.get(name, 0) + x.T @ x
+        return hook
+    for name, module in model.named_modules():
+        if isinstance(module, CastedLinear):
+            handles.append(module.register_forward_pre_hook(accumulate(name + ".weight")))
+    try:
+        for ids in batches:
+            with rt.autocast() if rt else nullcontext():
+                model.forward_logits(ids)  # the uncompiled method: the hooks see every layer
+            tokens += ids.numel()
+    finally:
+        for handle in handles:
+            handle.remove()
+    hessians = {name: h / max(tokens, 1) for name, h in sums.items()}
+    if rt is not None and rt.world_size > 1:
+        for h in hessians.values():
+            dist.all_reduce(h)
+            h /= rt.world_size
+    return hessians
+
+
+def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: int = Hyperparameters.passthrough_max_numel,
+                        hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6) -> dict:
+    """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors.
+    An int6 matrix with an entry in hessians is quantised by GPTQ, else (or where GPTQ fails, said
+    to log) by clip search; bits < 6 narrows their range, for comparing quantisers (same container)."""
+    weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
     for name, t in state_dict.items():
         t = t.detach().cpu()
         kind = quant_kind(name, t, passthrough_max_numel)
         if kind == "passthrough":
             weights[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
-        else:
-            q, scale = quantize_rows(t, 31, INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
-            weights[name + ".q"], weights[name + ".scale"], meta[name] = q, scale, {"type": kind}
+            continue
+        found = gptq_quantize(t, hessians[name], max_q, INT6_CLIP_QUANTILES) if kind == "int6" and name in (hessians or {}) else None
+        if found is None and kind == "int6" and name in (hessians or {}) and log is not None:
+            log(f"gptq: {name}: H is not positive definite after damping; clip search instead")
+        if found is None:
+            found = quantize_rows(t, max_q, INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
+        weights[name + ".q"], weights[name + ".scale"], meta[name] = *found, {"type": kind}
     return {"w": weights, "m": meta}
 
 
@@ -1356,9 +1454,10 @@ def log_environment(log: Logger):
 
 
 def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, token_bytes: TokenBytes, log,
-          clock) -> tuple[str, dict[str, Tensor]]:
+          clock) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
     """Trains for ITERATIONS steps or MAX_WALLCLOCK_SECONDS of training time, then the late burst
-    (§5). Returns the average to apply ("ema" or "swa") and its weights in fp32."""
+    (§5). Returns the average to apply ("ema" or "swa"), its weights in fp32, and with
+    QUANT_METHOD=gptq the Hessians of the averaged model (calibrate)."""
     loader = DistributedTokenLoader(train_files, rt.rank, rt.world_size, rt.device)
     model = compile_model(place_model(build_model(args), rt), args, rt.device)
     optimizers = build_optimizers(model, args, rt)
@@ -1418,7 +1517,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
             log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
                 f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
-        if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.max_wallclock_seconds:
+        if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.train_seconds:
             stop_after = step
 
     if rt.device.type == "cuda":
@@ -1439,19 +1538,67 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
 
     if args.weight_avg == "swa" and swa.count == 0:
         log("weight_avg: WEIGHT_AVG=swa but no SWA snapshot was taken; applying the EMA instead")
-    if args.weight_avg == "swa" and swa.count > 0:
-        log(f"weight_avg:swa snapshots:{swa.count}")
-        return "swa", swa.weights
-    log(f"weight_avg:ema decay:{args.ema_decay}")
-    return "ema", ema.weights
+    average = "swa" if args.weight_avg == "swa" and swa.count > 0 else "ema"
+    log(f"weight_avg:swa snapshots:{swa.count}" if average == "swa" else f"weight_avg:ema decay:{args.ema_decay}")
+    weights = swa.weights if average == "swa" else ema.weights
+    if args.quant_method != "gptq":
+        return average, weights, None
+    model.load_state_dict(weights)
+    return average, weights, calibrate(model, loader, training_ms, args, rt, log, clock)
 
 
-def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log):
+@torch.no_grad()
+def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
+    """n sequences of TRAIN_SEQ_LEN tokens sampled from the model at temperature 0.8, each from a
+    random first token (seeded by SEED and rank): calibration text that reads no data."""
+    g = torch.Generator(device=rt.device).manual_seed(args.seed + rt.rank)
+    ids = torch.randint(args.vocab_size, (n, 1), generator=g, device=rt.device)
+    for _ in range(args.train_seq_len - 1):
+        with rt.autocast():
+            logits = model.forward_logits(ids)[:, -1].float()
+        ids = torch.cat([ids, torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1, generator=g)], dim=1)
+    return ids
+
+
+def calibrate(model: GPT, loader: DistributedTokenLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
+              log, clock) -> dict[str, Tensor]:
+    """GPTQ's Hessians (§6) of the model, from GPTQ_SEQUENCES sequences shared out over ranks: the
+    next ones of the training stream, taken only while the training time (the loop's, plus this)
+    stays within MAX_WALLCLOCK_SECONDS; or sequences the model generates, after training."""
+    model.eval()
+    per_rank, t0 = -(-args.gptq_sequences // rt.world_size), clock()
+    if args.gptq_calibration == "self":
+        hessians = collect_hessians(model, [generate(model, per_rank, args, rt)], rt)
+        log(f"gptq:calibration source:self sequences:{per_rank * rt.world_size} time:{1000 * (clock() - t0):.0f}ms")
+        return hessians
+    taken, longest = [0], 0.0
+
+    def stream():
+        nonlocal longest
+        while taken[0] < per_rank:
+            start, count = clock(), min(8, per_rank - taken[0])
+            if args.max_wallclock_seconds and training_ms + 1000 * (start - t0 + longest) > 1000 * args.max_wallclock_seconds:
+                return  # one more batch could end past the cap
+            yield loader.next_batch(count * args.train_seq_len, args.train_seq_len)[0]
+            rt.synchronize()
+            taken[0] += count
+            longest = max(longest, clock() - start)
+    hessians = collect_hessians(model, stream(), rt)
+    calibration_ms = 1000 * (clock() - t0)
+    log(f"gptq:calibration source:train sequences:{taken[0]} per rank time:{calibration_ms:.0f}ms "
+        f"train_time:{training_ms + calibration_ms:.0f}ms")
+    return hessians
+
+
+def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log,
+               hessians: dict[str, Tensor] | None = None):
     """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6+zstd artifact (§6),
-    both or neither; every rank learns whether that worked."""
+    GPTQ where hessians are given, both or neither; every rank learns whether that worked."""
     failure = ""
     if rt.is_main:
-        container = quantize_state_dict(averaged, args.passthrough_max_numel)
+        t0 = time.perf_counter()
+        container = quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log)
+        log(f"quantize:{'gptq' if hessians else 'clip'} time:{1000 * (time.perf_counter() - t0):.0f}ms")
         try:
             atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container)})
         except RunError as e:
@@ -1486,13 +1633,13 @@ def main(clock=time.perf_counter):
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
             log(f"eval_artifact:{artifact}")
         else:
-            average, averaged = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
+            average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
             model.load_state_dict(averaged)
             t_eval = clock()
             val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
             log(f"DIAGNOSTIC post_{average} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
-            save_model(averaged, artifact, args, rt, log)
+            save_model(averaged, artifact, args, rt, log, hessians)
 
         model_bytes = artifact.stat().st_size
         total_bytes = model_bytes + code_bytes()

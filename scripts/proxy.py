@@ -5,7 +5,7 @@ arm's paired difference to the first arm.
 
     python scripts/proxy.py --arm base: --arm swa:WEIGHT_AVG=swa --seeds 1337,42,7
     python scripts/proxy.py --quick                     # a small configuration, 1 arm x 1 seed (CI)
-    python scripts/proxy.py quant --checkpoint PATH     # quantisers compared on one checkpoint
+    python scripts/proxy.py quant --checkpoint PATH --bits 6,5,4   # quantisers compared on one checkpoint
 
 An arm is NAME:VAR=VALUE,VAR=VALUE (environment overrides on top of scripts/proxy.env; `base:`
 overrides nothing). Each run keeps its directory logs/proxy/<ARM>/seed<SEED>/ (train_gpt.py's log,
@@ -222,17 +222,21 @@ def study(opts) -> int:
     return 0
 
 
-QUANTISERS = {"clip": "the record's per-row clip search"}
-
-
 def quant(opts) -> int:
-    """Each quantiser on one checkpoint: roundtrip val_bpb on the proxy configuration's validation
-    subset, its gap to the unquantised weights, artifact bytes, quantisation seconds. Deterministic."""
+    """Quantisers compared on one checkpoint: per bit width, clip search and GPTQ with either
+    calibration; roundtrip val_bpb on the configuration's validation subset, its gap to the
+    unquantised weights, artifact bytes, quantisation seconds. Deterministic: no seed noise."""
     import torch
     sys.path.insert(0, str(REPO))
     import train_gpt as tg
     config = run_settings(read_env_file(QUICK_ENV if opts.quick else PROXY_ENV), {}, 1337)
     os.environ.update({k: v for k, v in config.items() if k != "RUN_ID"})
+    try:
+        bits = [int(b) for b in opts.bits.split(",")]
+        if not all(2 <= b <= 6 for b in bits):
+            raise ValueError
+    except ValueError:
+        raise ProxyError(f"--bits {opts.bits!r}: expected widths from 2 to 6 separated by commas") from None
     try:
         args = tg.Hyperparameters()
         rt = tg.Runtime(0, 1, torch.device("cpu"))
@@ -244,18 +248,26 @@ def quant(opts) -> int:
         val = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, args.val_tokens)
         model.load_state_dict(weights)
         _, unquantised = tg.evaluate(model, val, token_bytes, args, rt)
+        calibrations, loader = {}, tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), 0, 1, rt.device)
+        for source in ("train", "self"):
+            t0 = time.perf_counter()
+            batches = ([loader.next_batch(args.gptq_sequences * args.train_seq_len, args.train_seq_len)[0]] if source == "train"
+                       else [tg.generate(model.eval(), args.gptq_sequences, args, rt)])
+            calibrations[f"gptq ({source})"] = tg.collect_hessians(model.eval(), batches), time.perf_counter() - t0
     except (tg.RunError, RuntimeError, ValueError) as e:
         raise ProxyError(str(e).strip().splitlines()[0]) from None
-    lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets", "",
-             "| quantiser | roundtrip bpb | gap | artifact bytes | quantise s |", "|---|---|---|---|---|"]
-    for name in QUANTISERS:
-        t0 = time.perf_counter()
-        container = tg.quantize_state_dict(weights, args.passthrough_max_numel)
-        seconds = time.perf_counter() - t0
-        blob = tg.compress_artifact(container)
-        model.load_state_dict(tg.dequantize_state_dict(container, model.state_dict()))
-        _, roundtrip = tg.evaluate(model, val, token_bytes, args, rt)
-        lines.append(f"| {name} | {roundtrip:.8f} | {roundtrip - unquantised:+.8f} | {len(blob):,} | {seconds:.2f} |")
+    lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets; "
+             + ", ".join(f"{name} calibration {seconds:.1f} s" for name, (_, seconds) in calibrations.items()), "",
+             "| bits | quantiser | roundtrip bpb | gap | artifact bytes | quantise s |", "|---|---|---|---|---|---|"]
+    for width in bits:
+        for name, hessians in [("clip", None)] + [(n, h) for n, (h, _) in calibrations.items()]:
+            t0 = time.perf_counter()
+            container = tg.quantize_state_dict(weights, args.passthrough_max_numel, hessians, bits=width)
+            seconds = time.perf_counter() - t0
+            blob = tg.compress_artifact(container)
+            model.load_state_dict(tg.dequantize_state_dict(container, model.state_dict()))
+            _, roundtrip = tg.evaluate(model, val, token_bytes, args, rt)
+            lines.append(f"| {width} | {name} | {roundtrip:.8f} | {roundtrip - unquantised:+.8f} | {len(blob):,} | {seconds:.2f} |")
     print("\n".join(lines))
     return 0
 
@@ -266,6 +278,7 @@ def main(argv=None) -> int:
         parser = argparse.ArgumentParser(prog="proxy.py quant", description=quant.__doc__.split("\n")[0])
         parser.add_argument("--checkpoint", required=True, help="a final_model.pt written by a proxy run")
         parser.add_argument("--quick", action="store_true", help="the checkpoint is of the quick configuration")
+        parser.add_argument("--bits", default="6", help="bit widths of the int6 matrices to compare, e.g. 6,5,4")
         opts = parser.parse_args(argv[1:])
         try:
             return quant(opts)

@@ -90,16 +90,22 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["runs"]["base"]["1337"]["ttt_val_bpb"] == log["ttt_val_bpb"]
 
-    # the fixed-checkpoint comparison reproduces the run's own roundtrip, gap and artifact size
-    result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--checkpoint",
-                         str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
+    # the fixed-checkpoint comparison reproduces the run's own roundtrip, gap and artifact size, and
+    # compares GPTQ with both calibrations at each bit width asked for
+    result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--bits", "6,4",
+                         "--checkpoint", str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets", result.stdout)[1])
+    unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets; gptq \(train\) calibration [\d.]+ s, "
+                                  r"gptq \(self\) calibration [\d.]+ s", result.stdout)[1])
     assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
-    row = re.search(r"^\| clip \| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)
-    assert float(row[1]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
-    assert float(row[2]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)
-    assert int(row[3].replace(",", "")) == log["model_bytes"]
+    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)) \| ([\d.]+) \| "
+                                                   r"([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)}
+    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)"))
+    clip = rows[("6", "clip")]
+    assert float(clip[3]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
+    assert float(clip[4]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)
+    assert int(clip[5].replace(",", "")) == log["model_bytes"]
+    assert float(rows[("4", "clip")][4]) > float(clip[4])  # fewer levels, a larger gap
 
     # a second arm: the finished base run is not run again; the paired difference is the logs'
     stamp = (out / "base" / "seed1337" / "logs" / "run.txt").stat().st_mtime_ns

@@ -1,0 +1,198 @@
+"""Full-Hessian GPTQ (QUANT_METHOD=gptq, recipe §6): the algorithm against per-row rounding, dead
+columns and a failing Cholesky, the Hessians of every linear layer, the two legal calibrations (train
+batches inside the wallclock, text the model generates without reading data), and the container the
+record's dequantiser reads."""
+import pytest
+import torch
+
+import train_gpt as tg
+from conftest import CPU, ONE, filled_model, one, run_lines, tiny_args
+
+CANDIDATES = tg.INT6_CLIP_QUANTILES
+
+
+def weighted_error(w, q, scale, h):
+    e = w - q.float() * scale.float()[:, None]
+    return ((e @ h) * e).sum().item()
+
+
+def random_spd(n, seed=0, tokens=400):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, n, generator=g) @ torch.randn(n, n, generator=g)
+    return x.T @ x / tokens
+
+
+def heavy_weight(rows=24, cols=40, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(rows, cols, generator=g) * torch.rand(rows, 1, generator=g) * 3
+
+
+def test_a_diagonal_hessian_reduces_to_per_row_rounding():
+    """Without correlations between inputs there is no error to spread: GPTQ rounds each weight,
+    and picks per row the clip whose (diagonally weighted) error is least, as clip search does with
+    a uniform diagonal."""
+    w = heavy_weight()
+    q, scale = tg.gptq_quantize(w, torch.eye(40) * 2.5, 31, CANDIDATES)
+    ref_q, ref_scale = tg.quantize_rows(w, 31, CANDIDATES)
+    assert torch.equal(q, ref_q) and torch.equal(scale, ref_scale)
+
+
+def test_a_random_hessian_gives_less_weighted_error_than_rounding_with_the_same_scales():
+    w, h = heavy_weight(), random_spd(40)
+    q, scale = tg.gptq_quantize(w, h, 31, CANDIDATES)
+    rounded = torch.clamp(torch.round(w / scale.float()[:, None]), -31, 31)
+    assert weighted_error(w, q, scale, h) < 0.8 * weighted_error(w, rounded, scale, h)
+    clip_q, clip_scale = tg.quantize_rows(w, 31, CANDIDATES)
+    assert weighted_error(w, q, scale, h) < weighted_error(w, clip_q, clip_scale, h)
+    assert q.dtype == torch.int8 and q.abs().max() <= 31 and scale.dtype == torch.float16
+
+
+def test_blocks_give_the_column_by_column_result():
+    w, h = heavy_weight(cols=300), random_spd(300, tokens=1000)
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h + 0.1 * torch.eye(300))), upper=True)
+    scale = w.abs().amax(dim=1) / 31
+    torch.testing.assert_close(tg.gptq_levels(w, u, scale, 31, block=128), tg.gptq_levels(w, u, scale, 31, block=1),
+                               rtol=0, atol=0)
+
+
+def test_dead_columns_are_zero_and_a_failing_cholesky_falls_back_to_clip_search():
+    w, h = heavy_weight(), random_spd(40)
+    h[:, 7] = h[7, :] = 0  # an input that never fires
+    q, scale = tg.gptq_quantize(w, h, 31, CANDIDATES)
+    assert torch.all(q[:, 7] == 0) and torch.isfinite(scale.float()).all()
+    assert tg.gptq_quantize(w, -torch.eye(40), 31, CANDIDATES) is None  # not positive definite after damping
+    said = []
+    container = tg.quantize_state_dict({"blocks.0.attn.c_q.weight": w}, 256, {"blocks.0.attn.c_q.weight": -torch.eye(40)},
+                                       said.append)
+    assert said == ["gptq: blocks.0.attn.c_q.weight: H is not positive definite after damping; clip search instead"]
+    clip = tg.quantize_state_dict({"blocks.0.attn.c_q.weight": w}, 256)
+    assert all(torch.equal(container["w"][k], clip["w"][k]) for k in clip["w"])
+
+
+def test_hessians_of_every_linear_layer():
+    model = filled_model(tiny_args()).eval()
+    ids = torch.randint(0, 512, (3, 32), generator=torch.Generator().manual_seed(0))
+    hessians = tg.collect_hessians(model, [ids[:2], ids[2:]])
+    linear = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.CastedLinear)}
+    assert set(hessians) == linear
+    for name, h in hessians.items():
+        weight = model.state_dict()[name]
+        assert h.shape == (weight.shape[1],) * 2 and torch.allclose(h, h.T, atol=1e-5), name
+        assert torch.linalg.eigvalsh(h.double()).min() > -1e-4 * h.diagonal().max()
+    for i in range(4):  # q, k and v read the same input
+        a = f"blocks.{i}.attn."
+        assert torch.equal(hessians[a + "c_q.weight"], hessians[a + "c_k.weight"])
+        assert torch.equal(hessians[a + "c_q.weight"], hessians[a + "c_v.weight"])
+    # the mean over the tokens of both batches: the input of the output head's... first block's q
+    inputs = []
+    handle = model.blocks[0].attn.c_q.register_forward_pre_hook(lambda m, x: inputs.append(x[0].flatten(0, 1)))
+    model.forward_logits(ids)
+    handle.remove()
+    x = inputs[0]
+    torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
+
+
+class Clock:
+    """Time that passes only while a batch is read and run (Stream.next_batch advances it)."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class Stream:
+    """A loader of random token ids that counts what it hands out, each batch taking 0.25 s of the
+    clock; or one that refuses to hand out anything."""
+
+    def __init__(self, clock=None, refuse=False):
+        self.clock, self.refuse, self.sequences = clock, refuse, 0
+
+    def next_batch(self, tokens, seq_len):
+        if self.refuse:
+            raise AssertionError("calibration read the training data")
+        self.sequences += tokens // seq_len
+        self.clock.t += 0.25
+        x = torch.randint(0, 512, (tokens // seq_len, seq_len))
+        return x, x
+
+
+def test_train_calibration_stays_inside_the_wallclock():
+    """With 1 s left and each batch of 8 sequences taking 0.25 s, calibration takes 4 batches and
+    stops: the logged train_time (loop plus calibration) is within MAX_WALLCLOCK_SECONDS."""
+    args = tiny_args(quant_method="gptq", gptq_calibration="train", gptq_sequences=64, max_wallclock_seconds=10,
+                     gptq_reserve_seconds=1)
+    assert args.train_seconds == 9
+    said, clock = [], Clock()
+    stream = Stream(clock)
+    hessians = tg.calibrate(filled_model(args), stream, 9000.0, args, ONE, said.append, clock)
+    line = one(said, r"gptq:calibration source:train sequences:(\d+) per rank time:(\d+)ms train_time:(\d+)ms")
+    assert int(line[1]) == stream.sequences == 32
+    assert int(line[3]) == 10_000 and hessians
+    said, clock = [], Clock()
+    stream = Stream(clock)
+    tg.calibrate(filled_model(args), stream, 8900.0, args, ONE, said.append, clock)  # 1.1 s: still 4 batches
+    assert stream.sequences == 32
+    stream = Stream(clock)
+    tg.calibrate(filled_model(args), stream, 0.0, args, ONE, said.append, clock)  # time enough: all 64
+    assert stream.sequences == 64
+
+
+def test_self_calibration_reads_no_data():
+    args = tiny_args(quant_method="gptq", gptq_calibration="self", gptq_sequences=3)
+    said = []
+    hessians = tg.calibrate(filled_model(args), Stream(refuse=True), 0.0, args, ONE, said.append, Clock())
+    one(said, r"gptq:calibration source:self sequences:3 time:\d+ms")
+    assert len(hessians) == 4 * 6 + 2
+    text = tg.generate(filled_model(args).eval(), 3, args, ONE)
+    assert text.shape == (3, args.train_seq_len) and torch.equal(text, tg.generate(filled_model(args).eval(), 3, args, ONE))
+
+
+def test_a_gptq_artifact_is_the_record_container(tmp_path):
+    """Same names, dtypes, ranges and meta as clip search's: the record's dequantiser (q * scale per
+    row, passthrough as stored) reads it."""
+    model = filled_model(tiny_args())
+    ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(2))
+    weights = model.state_dict()
+    gptq = tg.quantize_state_dict(weights, 256, tg.collect_hessians(model.eval(), [ids]))
+    clip = tg.quantize_state_dict(weights, 256)
+    assert gptq["m"] == clip["m"]
+    assert {k: (v.dtype, v.shape) for k, v in gptq["w"].items()} == {k: (v.dtype, v.shape) for k, v in clip["w"].items()}
+    int6 = [k for k, m in gptq["m"].items() if m != "passthrough" and m["type"] == "int6"]
+    assert int6 and any(not torch.equal(gptq["w"][k + ".q"], clip["w"][k + ".q"]) for k in int6)
+    for k in int6:
+        assert gptq["w"][k + ".q"].abs().max() <= 31
+        record = gptq["w"][k + ".q"].float() * gptq["w"][k + ".scale"].float()[:, None]  # the record's dequantiser
+        torch.testing.assert_close(tg.dequantize_state_dict(gptq, weights)[k], record)
+
+
+@pytest.mark.parametrize("calibration", ["train", "self"])
+def test_a_gptq_run_logs_its_calibration_and_eval_only_mode_reproduces_it(tiny_env, monkeypatch, calibration):
+    for key, value in dict(QUANT_METHOD="gptq", GPTQ_CALIBRATION=calibration, GPTQ_SEQUENCES="4", ITERATIONS="6",
+                           WARMDOWN_ITERS="3", MAX_WALLCLOCK_SECONDS="600", GPTQ_RESERVE_SECONDS="5").items():
+        monkeypatch.setenv(key, value)
+    tg.main()
+    lines = run_lines("logs/tiny.txt")
+    if calibration == "train":
+        m = one(lines, r"gptq:calibration source:train sequences:4 per rank time:\d+ms train_time:(\d+)ms")
+        assert int(m[1]) <= 600_000
+    else:
+        one(lines, r"gptq:calibration source:self sequences:4 time:\d+ms")
+    one(lines, r"quantize:gptq time:\d+ms")
+    roundtrip = one(lines, r"final_int6_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)")
+    monkeypatch.setenv("EVAL_ARTIFACT", "final_model.int6.ptz")
+    monkeypatch.setenv("RUN_ID", "again")
+    tg.main()
+    assert one(run_lines("logs/again.txt"), r"final_int6_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)")[0] == roundtrip[0]
+
+
+def test_gptq_settings_are_checked():
+    with pytest.raises(tg.InputError, match="QUANT_METHOD must be clip or gptq, got 'awq'"):
+        tiny_args(quant_method="awq")
+    with pytest.raises(tg.InputError, match="GPTQ_CALIBRATION must be train or self, got 'val'"):
+        tiny_args(gptq_calibration="val")
+    with pytest.raises(tg.InputError, match="GPTQ_RESERVE_SECONDS=60.0 leaves no training time"):
+        tiny_args(quant_method="gptq", max_wallclock_seconds=60, gptq_reserve_seconds=60)
+    assert tiny_args(max_wallclock_seconds=60, gptq_reserve_seconds=14).train_seconds == 60  # clip: no reserve
+    assert tiny_args(quant_method="gptq", gptq_calibration="self", max_wallclock_seconds=60).train_seconds == 60
