@@ -1598,7 +1598,7 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
     if rt.is_main:
         t0 = time.perf_counter()
         container = quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log)
-        log(f"quantize:{'gptq' if hessians else 'clip'} time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        seconds = time.perf_counter() - t0
         try:
             atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container)})
         except RunError as e:
@@ -1607,6 +1607,8 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
             log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
             log(f"Code size: {code_bytes()} bytes")
             log(f"quantized_tensors: {kind_counts(container)}")
+            if hessians:
+                log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
     if rt.agree_max(float(bool(failure)))[0]:
         raise RunError(failure or "rank 0 could not write the model files")
 
