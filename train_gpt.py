@@ -1083,22 +1083,29 @@ def quant_kind(name: str, t: Tensor, passthrough_max_numel: int = Hyperparameter
     return "int6" if any(part in name for part in (".attn.", ".mlp.", ".proj.")) else "int8"
 
 
-def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor]:
-    """Per-row symmetric quantisation; each row keeps the clip quantile of |w| with the lowest
-    squared error (per row, so never worse than one choice for the whole tensor)."""
-    w = w.float()
+def best_scale_per_row(w: Tensor, max_q: int, clip_quantiles, levels, error) -> tuple[Tensor, Tensor]:
+    """For each candidate clip quantile of |w| along the rows, the fp16 row scales
+    s = max(clip / max_q, 1 / max_q) and their integer levels(s); each row keeps the candidate whose
+    error(w - q s) is least (per row, so never worse than one choice for the whole tensor)."""
     best_q = best_scale = best_err = None
     for quantile in clip_quantiles:
         clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
         scale = (clip / max_q).clamp_min(1 / max_q).half()
-        q = torch.clamp(torch.round(w / scale.float()[:, None]), -max_q, max_q)
-        err = (q * scale.float()[:, None] - w).square().sum(dim=1)
+        q = levels(scale.float())
+        err = error(w - q * scale.float()[:, None])
         if best_err is None:
             best_q, best_scale, best_err = q, scale, err
         else:
             better = err < best_err
             best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
+
+
+def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor]:
+    """Per-row symmetric rounding; each row keeps the clip quantile with the lowest squared error."""
+    w = w.float()
+    return best_scale_per_row(w, max_q, clip_quantiles, lambda s: torch.clamp(torch.round(w / s[:, None]), -max_q, max_q),
+                              lambda e: e.square().sum(dim=1))
 
 
 def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 128) -> Tensor:
@@ -1131,20 +1138,12 @@ def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Ten
         u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped[order][:, order])), upper=True)
     except torch.linalg.LinAlgError:
         return None
-    best_q = best_scale = best_err = None
-    for quantile in clip_quantiles:
-        clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
-        scale = (clip / max_q).clamp_min(1 / max_q).half()
+
+    def levels(scale: Tensor) -> Tensor:
         q = torch.empty_like(w)
-        q[:, order] = gptq_levels(w[:, order], u, scale.float(), max_q)
-        e = w - q * scale.float()[:, None]
-        err = ((e @ h) * e).sum(dim=1)
-        if best_err is None:
-            best_q, best_scale, best_err = q, scale, err
-        else:
-            better = err < best_err
-            best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
-    return best_q.to(torch.int8), best_scale
+        q[:, order] = gptq_levels(w[:, order], u, scale, max_q)
+        return q
+    return best_scale_per_row(w, max_q, clip_quantiles, levels, lambda e: ((e @ h) * e).sum(dim=1))
 
 
 @torch.no_grad()
