@@ -5,7 +5,7 @@ arm's paired difference to the first arm.
 
     python scripts/proxy.py --arm base: --arm swa:WEIGHT_AVG=swa --seeds 1337,42,7
     python scripts/proxy.py --quick                     # a small configuration, 1 arm x 1 seed (CI)
-    python scripts/proxy.py quant --checkpoint PATH --bits 6,5,4   # quantisers compared on one checkpoint
+    python scripts/proxy.py quant --checkpoint PATH --bits 6,5,4 --val-tokens 0  # quantisers on one checkpoint
 
 An arm is NAME:VAR=VALUE,VAR=VALUE (environment overrides on top of scripts/proxy.env; `base:`
 overrides nothing). Each run keeps its directory logs/proxy/<ARM>/seed<SEED>/ (train_gpt.py's log,
@@ -17,7 +17,8 @@ Figures per run, from its log: post-average val_bpb (DIAGNOSTIC line, 4 decimals
 sliding and TTT val_bpb (the _exact lines), the quantisation gap (roundtrip - post-average), the
 TTT gain (TTT - sliding), steps, training seconds, artifact bytes. The paired difference of an arm
 is its final val_bpb (TTT, or sliding where TTT is off) minus the first arm's, seed by seed; its
-95 % interval is the mean +- t(0.975, n-1) x sd / sqrt(n) over seeds.
+95 % interval is the mean +- t(0.975, n-1) x sd / sqrt(n) over seeds. --paired sliding (or
+roundtrip, post) pairs that figure instead: sliding is the score the same runs get without TTT.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -148,8 +150,12 @@ def paired(values: list[float], reference: list[float]) -> dict:
     return dict(diffs=diffs, mean=mean, low=mean - half, high=mean + half)
 
 
-def summarize(results: dict[str, dict[int, dict]]) -> dict:
-    """Per arm: mean and std of every figure, and the paired difference of the final bpb to the first arm."""
+PAIRED = {"final": "final_val_bpb", "sliding": "sliding_val_bpb", "roundtrip": "roundtrip_val_bpb", "post": "post_val_bpb"}
+
+
+def summarize(results: dict[str, dict[int, dict]], paired_key: str = "final_val_bpb") -> dict:
+    """Per arm: mean and std of every figure, and the paired difference of one bpb (the final one by
+    default) to the first arm."""
     arms = list(results)
     out = {}
     for arm in arms:
@@ -158,8 +164,8 @@ def summarize(results: dict[str, dict[int, dict]]) -> dict:
         row["seeds"] = seeds
         if arm != arms[0]:
             common = [s for s in seeds if s in results[arms[0]]]
-            row["vs_first"] = paired([results[arm][s]["final_val_bpb"] for s in common],
-                                     [results[arms[0]][s]["final_val_bpb"] for s in common])
+            row["vs_first"] = paired([results[arm][s][paired_key] for s in common],
+                                     [results[arms[0]][s][paired_key] for s in common])
         out[arm] = row
     return out
 
@@ -171,9 +177,9 @@ def cell(stat, fmt: str) -> str:
     return fmt.format(mean) + ("" if math.isnan(std) else " ± " + fmt.format(std).lstrip("+"))
 
 
-def markdown(summary: dict) -> str:
+def markdown(summary: dict, paired_name: str = "final") -> str:
     arms = list(summary)
-    header = ["arm", "seeds"] + [title for _, title, _ in METRICS] + [f"final bpb − {arms[0]} (95 % CI)"]
+    header = ["arm", "seeds"] + [title for _, title, _ in METRICS] + [f"{paired_name} bpb − {arms[0]} (95 % CI)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, row in summary.items():
         diff = "—"
@@ -214,18 +220,26 @@ def study(opts) -> int:
             else:
                 print(f"proxy: {name} seed {seed} already finished in {run_dir}", flush=True)
             results[name][seed] = done
-    summary = summarize(results)
-    print(markdown(summary))
+    summary = summarize(results, PAIRED[opts.paired])
+    print(markdown(summary, opts.paired))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(dict(arms=dict(arms), runs=results, summary=summary), indent=1,
                                                  default=lambda x: None) + "\n", encoding="utf-8")
     return 0
 
 
+def by_weight_mse(best_scale_per_row):
+    """train_gpt's per-row scale choice, judged by plain weight MSE whatever error it is given."""
+    return lambda w, max_q, quantiles, levels, error: best_scale_per_row(w, max_q, quantiles, levels,
+                                                                        lambda e: e.square().sum(dim=1))
+
+
 def quant(opts) -> int:
-    """Quantisers compared on one checkpoint: per bit width, clip search and GPTQ with either
-    calibration; roundtrip val_bpb on the configuration's validation subset, its gap to the
-    unquantised weights, artifact bytes, quantisation seconds. Deterministic: no seed noise."""
+    """Quantisers compared on one checkpoint: per bit width, clip search, GPTQ with either
+    calibration, and GPTQ choosing each row's scale by plain weight MSE (the records' choice) rather
+    than by the H-weighted error; roundtrip val_bpb on the first --val-tokens held-out targets (the
+    configuration's VAL_TOKENS by default, 0: all), its gap to the unquantised weights, artifact
+    bytes, quantisation seconds. Deterministic: no seed noise."""
     import torch
     sys.path.insert(0, str(REPO))
     import train_gpt as tg
@@ -245,7 +259,8 @@ def quant(opts) -> int:
         if not isinstance(weights, dict) or set(weights) != set(model.state_dict()):
             raise ProxyError(f"{opts.checkpoint} is not a final_model.pt of the {'quick' if opts.quick else 'proxy'} configuration")
         token_bytes = tg.TokenBytes(tg.load_tokenizer(args.tokenizer_path, args.vocab_size))
-        val = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, args.val_tokens)
+        limit = args.val_tokens if opts.val_tokens is None else opts.val_tokens
+        val = tg.load_validation_tokens(tg.list_shards(args.data_path, "val"), args.eval_seq_len, limit)
         model.load_state_dict(weights)
         _, unquantised = tg.evaluate(model, val, token_bytes, args, rt)
         calibrations, loader = {}, tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), 0, 1, rt.device)
@@ -259,10 +274,13 @@ def quant(opts) -> int:
     lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets; "
              + ", ".join(f"{name} calibration {seconds:.1f} s" for name, (_, seconds) in calibrations.items()), "",
              "| bits | quantiser | roundtrip bpb | gap | artifact bytes | quantise s |", "|---|---|---|---|---|---|"]
+    quantisers = [("clip", None, tg.best_scale_per_row)] + [(n, h, tg.best_scale_per_row) for n, (h, _) in calibrations.items()]
+    quantisers.append(("gptq (train), MSE choice", calibrations["gptq (train)"][0], by_weight_mse(tg.best_scale_per_row)))
     for width in bits:
-        for name, hessians in [("clip", None)] + [(n, h) for n, (h, _) in calibrations.items()]:
+        for name, hessians, choose in quantisers:
             t0 = time.perf_counter()
-            container = tg.quantize_state_dict(weights, args.passthrough_max_numel, hessians, bits=width)
+            with patch.object(tg, "best_scale_per_row", choose):
+                container = tg.quantize_state_dict(weights, args.passthrough_max_numel, hessians, bits=width)
             seconds = time.perf_counter() - t0
             blob = tg.compress_artifact(container)
             model.load_state_dict(tg.dequantize_state_dict(container, model.state_dict()))
@@ -279,6 +297,8 @@ def main(argv=None) -> int:
         parser.add_argument("--checkpoint", required=True, help="a final_model.pt written by a proxy run")
         parser.add_argument("--quick", action="store_true", help="the checkpoint is of the quick configuration")
         parser.add_argument("--bits", default="6", help="bit widths of the int6 matrices to compare, e.g. 6,5,4")
+        parser.add_argument("--val-tokens", type=int, help="held-out targets to score (default: the configuration's "
+                                                            "VAL_TOKENS; 0: all)")
         opts = parser.parse_args(argv[1:])
         try:
             return quant(opts)
@@ -291,6 +311,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="the small configuration scripts/proxy_quick.env")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun with gloo; 1: python)")
     parser.add_argument("--out", help="where the runs and results.json go (default logs/proxy)")
+    parser.add_argument("--paired", choices=sorted(PAIRED), default="final",
+                        help="the bpb of the paired differences (default final: TTT, or sliding where TTT is off)")
     opts = parser.parse_args(argv)
     try:
         return study(opts)

@@ -98,9 +98,9 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets; gptq \(train\) calibration [\d.]+ s, "
                                   r"gptq \(self\) calibration [\d.]+ s", result.stdout)[1])
     assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
-    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)) \| ([\d.]+) \| "
-                                                   r"([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)}
-    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)"))
+    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)|gptq \(train\), MSE choice) "
+                                                   r"\| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)}
+    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice"))
     clip = rows[("6", "clip")]
     assert float(clip[3]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
     assert float(clip[4]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)
@@ -116,6 +116,13 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     rows = table_rows(result.stdout)
     other = summarize_logs.parse_log(out / "ema" / "seed1337" / "logs" / "run.txt")
     assert rows["ema"][-1] == f"{other['ttt_val_bpb'] - log['ttt_val_bpb']:+.5f}"
+
+    # the same runs paired on another figure: the score without TTT
+    result = run_script(script + ["--arm", "base:", "--arm", "ema:EMA_DECAY=0.8", "--paired", "sliding"],
+                        clean_environ(), REPO, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "sliding bpb − base (95 % CI)" in result.stdout and "proxy: running" not in result.stdout
+    assert table_rows(result.stdout)["ema"][-1] == f"{other['sliding_val_bpb'] - log['sliding_val_bpb']:+.5f}"
 
     # the same arm name with other settings is refused, not mixed in
     result = run_script(script + ["--arm", "base:EMA_DECAY=0.5"], clean_environ(), REPO, timeout=600)
