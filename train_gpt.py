@@ -1176,20 +1176,38 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
     return hessians
 
 
+def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], names: list[str], max_q: int,
+                rt: Runtime | None) -> dict:
+    """GPTQ of the named matrices, dealt out to ranks by cost (rows x columns^2), each rank doing its
+    share; every rank gets {name: (q, scale), or None where the Cholesky failed}."""
+    world_size, rank = (rt.world_size, rt.rank) if rt else (1, 0)
+    shares = deal_out([state_dict[n].shape[0] * state_dict[n].shape[1] ** 2 for n in names], world_size)
+    mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_q, INT6_CLIP_QUANTILES)
+            for i in shares[rank]}
+    if world_size == 1:
+        return mine
+    parts = [None] * world_size
+    dist.all_gather_object(parts, mine)
+    return {name: found for part in parts for name, found in part.items()}
+
+
 def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: int = Hyperparameters.passthrough_max_numel,
-                        hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6) -> dict:
+                        hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None) -> dict:
     """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors.
-    An int6 matrix with an entry in hessians is quantised by GPTQ, else (or where GPTQ fails, said
-    to log) by clip search; bits < 6 narrows their range, for comparing quantisers (same container)."""
+    An int6 matrix with an entry in hessians is quantised by GPTQ (shared out over rt's ranks, which
+    must all call this), else (or where GPTQ fails, said to log) by clip search; bits < 6 narrows
+    their range, for comparing quantisers (same container)."""
     weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
+    by_gptq = gptq_shared(state_dict, hessians, [n for n, t in state_dict.items() if n in (hessians or {}) and
+                                                 quant_kind(n, t, passthrough_max_numel) == "int6"], max_q, rt)
     for name, t in state_dict.items():
         t = t.detach().cpu()
         kind = quant_kind(name, t, passthrough_max_numel)
         if kind == "passthrough":
             weights[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
             continue
-        found = gptq_quantize(t, hessians[name], max_q, INT6_CLIP_QUANTILES) if kind == "int6" and name in (hessians or {}) else None
-        if found is None and kind == "int6" and name in (hessians or {}) and log is not None:
+        found = by_gptq.get(name)
+        if found is None and name in by_gptq and log is not None:
             log(f"gptq: {name}: H is not positive definite after damping; clip search instead")
         if found is None:
             found = quantize_rows(t, max_q, INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
@@ -1592,11 +1610,11 @@ def calibrate(model: GPT, loader: DistributedTokenLoader, training_ms: float, ar
 def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log,
                hessians: dict[str, Tensor] | None = None):
     """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6+zstd artifact (§6),
-    GPTQ where hessians are given, both or neither; every rank learns whether that worked."""
-    failure = ""
+    GPTQ where hessians are given (its matrices shared out over the ranks), both files or neither;
+    every rank learns whether that worked."""
+    failure, t0 = "", time.perf_counter()
+    container = quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt) if hessians or rt.is_main else None
     if rt.is_main:
-        t0 = time.perf_counter()
-        container = quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log)
         seconds = time.perf_counter() - t0
         try:
             atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container)})

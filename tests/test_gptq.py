@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import CPU, ONE, filled_model, one, run_lines, tiny_args
+from conftest import CPU, ONE, filled_model, one, run_lines, spawn_gloo, tiny_args
 
 CANDIDATES = tg.INT6_CLIP_QUANTILES
 
@@ -165,6 +165,34 @@ def test_a_gptq_artifact_is_the_record_container(tmp_path):
         assert gptq["w"][k + ".q"].abs().max() <= 31
         record = gptq["w"][k + ".q"].float() * gptq["w"][k + ".scale"].float()[:, None]  # the record's dequantiser
         torch.testing.assert_close(tg.dequantize_state_dict(gptq, weights)[k], record)
+
+
+def _quantise_on_rank(rank, world_size, weights, hessians):
+    done = []
+    gptq = tg.gptq_quantize
+
+    def counted(w, h, max_q, quantiles):
+        done.append(w.shape)
+        return gptq(w, h, max_q, quantiles)
+    tg.gptq_quantize = counted
+    container = tg.quantize_state_dict(weights, 256, hessians, rt=tg.Runtime(rank, world_size, CPU))
+    return container, done
+
+
+def test_gptq_is_shared_out_over_ranks_and_gives_the_one_process_container():
+    """Each of 2 gloo ranks runs GPTQ on its share of the matrices only (together all of them, once),
+    and every rank ends with the container that one process computes alone."""
+    model = filled_model(tiny_args())
+    ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(2))
+    weights, hessians = model.state_dict(), tg.collect_hessians(model.eval(), [ids])
+    alone = tg.quantize_state_dict(weights, 256, hessians)
+    ranks = spawn_gloo(_quantise_on_rank, 2, weights, hessians)
+    int6 = [k for k, m in alone["m"].items() if m != "passthrough" and m["type"] == "int6"]
+    shares = [done for _, done in ranks]
+    assert all(shares) and sum(len(done) for done in shares) == len(int6)
+    for container, _ in ranks:
+        assert container["m"] == alone["m"] and container["w"].keys() == alone["w"].keys()
+        assert all(torch.equal(container["w"][k], alone["w"][k]) for k in alone["w"])
 
 
 @pytest.mark.parametrize("calibration", ["train", "self"])
