@@ -66,6 +66,7 @@ class Hyperparameters:
     attention: str = "auto"  # auto: FlashAttention-3 where it imports, on CUDA; fa3 or sdpa to insist
     eval_artifact: str = ""  # path of a final_model.int6.ptz: skip training, evaluate it (§7)
     passthrough_max_numel: int = 65_536  # tensors this small stay fp16 in the artifact (§6)
+    compressor: str = "zstd"  # zstd: level 22 (the record) | brotli: quality 11 over the byte-shuffled container
     # training length and batch
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0: no cap
@@ -198,6 +199,7 @@ class Hyperparameters:
         need(self.attention in ("auto", "fa3", "sdpa"), f"ATTENTION must be auto, fa3 or sdpa, got {self.attention!r}")
         need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
         need(self.quant_method in ("clip", "gptq"), f"QUANT_METHOD must be clip or gptq, got {self.quant_method!r}")
+        need(self.compressor in ("zstd", "brotli"), f"COMPRESSOR must be zstd or brotli, got {self.compressor!r}")
         need(self.gptq_calibration in ("train", "self"), f"GPTQ_CALIBRATION must be train or self, got {self.gptq_calibration!r}")
         need(not (self.quant_method == "gptq" and self.gptq_calibration == "train" and self.max_wallclock_seconds
                   and self.gptq_reserve_seconds >= self.max_wallclock_seconds),
@@ -1240,9 +1242,40 @@ def serialize(obj) -> bytes:
     return buffer.getvalue()
 
 
-def compress_artifact(container: dict) -> bytes:
-    """The artifact's bytes: torch.save + zstd level 22."""
-    return zstandard.ZstdCompressor(level=22).compress(serialize(container))
+BROTLI_HEADER = b"BSHF"  # starts a brotli artifact; a zstd one starts with zstd's frame magic
+
+
+def brotli_module(why: str):
+    """The brotli package, imported only where it is used; an InputError saying why if missing."""
+    try:
+        import brotli
+    except ImportError:
+        raise InputError(f"{why} needs the brotli package: pip install brotli") from None
+    return brotli
+
+
+def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
+    """The bytes at even positions, then those at odd positions (or, undo, back again)."""
+    if not undo:
+        return raw[0::2] + raw[1::2]
+    out, half = bytearray(len(raw)), (len(raw) + 1) // 2
+    out[0::2], out[1::2] = raw[:half], raw[half:]
+    return bytes(out)
+
+
+def compress_artifact(container: dict, compressor: str = "zstd") -> bytes:
+    """The artifact's bytes: torch.save, then zstd level 22; or for brotli, the 'BSHF' header and
+    brotli quality 11 of the serialised bytes shuffled, even positions first, then odd ones."""
+    raw = serialize(container)
+    if compressor == "brotli":
+        return BROTLI_HEADER + brotli_module("COMPRESSOR=brotli").compress(byte_shuffle(raw), quality=11)
+    return zstandard.ZstdCompressor(level=22).compress(raw)
+
+
+def artifact_compressor(path) -> str:
+    """brotli or zstd, by the artifact's header."""
+    with open(path, "rb") as f:
+        return "brotli" if f.read(len(BROTLI_HEADER)) == BROTLI_HEADER else "zstd"
 
 
 def kind_counts(container: dict) -> str:
@@ -1254,10 +1287,18 @@ def kind_counts(container: dict) -> str:
 def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
     path = existing_file(path, "artifact")
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(path.read_bytes())
-    except zstandard.ZstdError as e:
-        raise InputError(f"artifact {path} is not a complete zstd stream (truncated or corrupt: {e})") from None
+    data = path.read_bytes()
+    if data.startswith(BROTLI_HEADER):
+        brotli = brotli_module(f"artifact {path} is brotli-compressed: loading it")
+        try:
+            raw = byte_shuffle(brotli.decompress(data[len(BROTLI_HEADER):]), undo=True)
+        except brotli.error as e:
+            raise InputError(f"artifact {path} is not a complete brotli stream (truncated or corrupt: {e})") from None
+    else:
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(data)
+        except zstandard.ZstdError as e:
+            raise InputError(f"artifact {path} is not a complete zstd stream (truncated or corrupt: {e})") from None
     try:
         container = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses any object that is not plain data
@@ -1609,7 +1650,7 @@ def calibrate(model: GPT, loader: DistributedTokenLoader, training_ms: float, ar
 
 def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log,
                hessians: dict[str, Tensor] | None = None):
-    """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6+zstd artifact (§6),
+    """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6 artifact (§6),
     GPTQ where hessians are given (its matrices shared out over the ranks), both files or neither;
     every rank learns whether that worked."""
     failure, t0 = "", time.perf_counter()
@@ -1617,7 +1658,7 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
     if rt.is_main:
         seconds = time.perf_counter() - t0
         try:
-            atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container)})
+            atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container, args.compressor)})
         except RunError as e:
             failure = str(e)
         else:
@@ -1642,6 +1683,8 @@ def main(clock=time.perf_counter):
             log("WARNING: flash_attn_interface (FlashAttention-3) does not import: attention runs on PyTorch SDPA, "
                 "and the record's step times (85 ms on 8xH100) assume FlashAttention-3")
         artifact = existing_file(args.eval_artifact, "EVAL_ARTIFACT") if args.eval_artifact else ARTIFACT_PATH
+        if args.compressor == "brotli" and not args.eval_artifact:
+            brotli_module("COMPRESSOR=brotli")  # at start, not after training
         token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
         val_files = list_shards(args.data_path, "val")
         train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
@@ -1662,8 +1705,9 @@ def main(clock=time.perf_counter):
 
         model_bytes = artifact.stat().st_size
         total_bytes = model_bytes + code_bytes()
-        log(f"Serialized model int6+zstd: {model_bytes} bytes")
-        log(f"Total submission size int6+zstd: {total_bytes} bytes")
+        compressor = artifact_compressor(artifact)
+        log(f"Serialized model int6+{compressor}: {model_bytes} bytes")
+        log(f"Total submission size int6+{compressor}: {total_bytes} bytes")
         over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
         if total_bytes >= SUBMISSION_LIMIT_BYTES:
             log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")

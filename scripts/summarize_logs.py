@@ -57,8 +57,8 @@ _FLOAT = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?
 _INT = re.compile(r"[-+]?\d+\Z")
 _STEP = re.compile(r"(\d+)/(\d+)\Z")
 PATTERNS = {
-    "model_bytes": re.compile(r"^Serialized model int6\+zstd: (\d+) bytes$"),
-    "total_bytes": re.compile(r"^Total submission size int6\+zstd: (\d+) bytes$"),
+    "model_bytes": re.compile(r"^Serialized model int6\+(?:zstd|brotli): (\d+) bytes$"),
+    "total_bytes": re.compile(r"^Total submission size int6\+(?:zstd|brotli): (\d+) bytes$"),
 }
 EXACT_KEYS = {"final_int6_roundtrip": "roundtrip", "final_int6_sliding_window": "sliding", "final_ttt": "ttt"}
 TTT_LINE_PREFIXES = ("final_ttt", "ttt_chunk", "ttt:chunk")  # signs that TTT ran (logs without JSON)

@@ -154,6 +154,22 @@ def tiny_env(tiny_data, tmp_path, monkeypatch) -> dict:
     return env
 
 
+def run_and_reread(monkeypatch: pytest.MonkeyPatch, **env) -> list[str]:
+    """A tiny run through main() with these variables (in tiny_env's directory), then EVAL_ARTIFACT
+    on the artifact it wrote; asserts both give the same roundtrip line. Returns the run's log lines."""
+    import train_gpt as tg
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    tg.main()
+    lines = run_lines(f"logs/{os.environ['RUN_ID']}.txt")
+    roundtrip = one(lines, r"final_int6_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+")[0]
+    monkeypatch.setenv("EVAL_ARTIFACT", "final_model.int6.ptz")
+    monkeypatch.setenv("RUN_ID", "reread")
+    tg.main()
+    assert one(run_lines("logs/reread.txt"), r"final_int6_roundtrip_exact val_loss:[\d.]+ val_bpb:[\d.]+")[0] == roundtrip
+    return lines
+
+
 # ----------------------------------------------------------------------------- hyperparameters and models
 
 def make_args(base: dict | None = None, **overrides) -> tg.Hyperparameters:
