@@ -67,6 +67,7 @@ class Hyperparameters:
     eval_artifact: str = ""  # path of a final_model.int6.ptz: skip training, evaluate it (§7)
     passthrough_max_numel: int = 65_536  # tensors this small stay fp16 in the artifact (§6)
     compressor: str = "zstd"  # zstd: level 22 (the record) | brotli: quality 11 over the byte-shuffled container
+    allow_over_limit: bool = False  # 1: train even where the size estimate at start is over the 16,000,000-byte limit
     # training length and batch
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0: no cap
@@ -1284,6 +1285,28 @@ def kind_counts(container: dict) -> str:
     return " ".join(f"{kind}:{kinds.count(kind)}" for kind in ("int6", "int8", "passthrough"))
 
 
+# compressed bytes per payload byte, the mean over 3 trained proxy artifacts (docs/proxy.md)
+COMPRESSION_RATIO = {"zstd": 0.7302, "brotli": 0.6766}
+
+
+def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple[int, str]:
+    """The artifact's bytes, estimated before training from the tensors' shapes: the payload (int6
+    values at 6 bits, int8 at 8, fp16 row scales and passthrough tensors at their size) times the
+    compressor's ratio measured on trained proxy artifacts; and the arithmetic, for the log."""
+    counts, payload_bits = {"int6": 0, "int8": 0, "passthrough": 0}, 0
+    for name, t in state_dict.items():
+        kind = quant_kind(name, t, args.passthrough_max_numel)
+        counts[kind] += t.numel()
+        if kind == "passthrough":
+            payload_bits += t.numel() * (16 if t.is_floating_point() else 8 * t.element_size())
+        else:
+            payload_bits += t.numel() * (6 if kind == "int6" else 8) + 16 * t.shape[0]
+    ratio = COMPRESSION_RATIO[args.compressor]
+    estimate = round(payload_bits / 8 * ratio)
+    return estimate, (" ".join(f"{k}:{v}" for k, v in counts.items()) +
+                      f" params, payload {payload_bits // 8} bytes x {ratio} ({args.compressor}) = {estimate} bytes")
+
+
 def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
     path = existing_file(path, "artifact")
@@ -1692,6 +1715,12 @@ def main(clock=time.perf_counter):
         val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
         model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
+        if not args.eval_artifact:
+            estimate, arithmetic = estimate_size(model.state_dict(), args)
+            log(f"size_estimate: {arithmetic}; with the code {estimate + code_bytes()} bytes")
+            if estimate + code_bytes() >= SUBMISSION_LIMIT_BYTES and not args.allow_over_limit:
+                raise InputError(f"estimated submission size {estimate + code_bytes()} bytes is not below the "
+                                 f"{SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
         if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
             log(f"eval_artifact:{artifact}")
         else:

@@ -174,6 +174,10 @@ def check_fake_quant(report: Report, args, tg, torch, rt, model, step_ms: float,
 
 
 def check_artifact(report: Report, args, tg, model):
+    estimate, arithmetic = tg.estimate_size(model.state_dict(), args)
+    total = estimate + tg.code_bytes()
+    (report.ok if total < tg.SUBMISSION_LIMIT_BYTES else report.fail)(
+        "size_estimate", f"{arithmetic}; with the code {total:,} bytes, limit {tg.SUBMISSION_LIMIT_BYTES:,}")
     weights = tg.float_weights(model)
     container, quantise_s = timed(lambda: tg.quantize_state_dict(weights, args.passthrough_max_numel))
     blob, compress_s = timed(lambda: tg.compress_artifact(container))
@@ -215,7 +219,7 @@ def main(argv=None) -> int:
     files, token_bytes = check_data(report, args, tg, rt)
     check_disk(report)
     if files is None:
-        for name in ("compile", "step", "memory", "fake_quant", "artifact", "ttt"):
+        for name in ("compile", "step", "memory", "fake_quant", "size_estimate", "artifact", "ttt"):
             report.skip(name, "the data check failed")
     else:
         try:
