@@ -2,13 +2,31 @@
 # The record's three seeds, one training run after another (8 GPUs each by default):
 #   bash scripts/run_seeds.sh                          # seeds 1337 42 7, RUN_ID record_seed<SEED>
 #   SEEDS="42 7" RUN_PREFIX=try2 NPROC=8 bash scripts/run_seeds.sh
+#   CONFIG=configs/beyond.env bash scripts/run_seeds.sh   # a configuration file: RUN_ID beyond_seed<SEED>
 # Each run writes logs/<RUN_ID>.txt; its final_model.int6.ptz is copied to logs/<RUN_ID>.int6.ptz
 # before the next seed overwrites it, which marks the seed finished. Stops at the first failing run.
 # Run again to retry: finished seeds are kept and skipped, a failed seed's log is moved to
 # logs/<RUN_ID>.failed-<time>.txt and the seed runs again. Any other hyperparameter is passed
-# through from the environment (the same for every seed). Ends by printing the command that
-# summarises the logs (scripts/summarize_logs.py).
+# through from the environment (the same for every seed). CONFIG names a file of VAR=VALUE lines
+# (configs/): each variable not already set in the environment is taken from it, and RUN_PREFIX
+# defaults to the file's name. Ends by printing the command that summarises the logs
+# (scripts/summarize_logs.py).
 set -euo pipefail
+if [[ -n "${CONFIG:-}" ]]; then
+  if [[ ! -f "$CONFIG" ]]; then
+    echo "error: CONFIG=$CONFIG is not a file" >&2; exit 1
+  fi
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
+    if ! [[ "$line" =~ ^([A-Z_][A-Z0-9_]*)=(.*)$ ]]; then
+      echo "error: $CONFIG: not VAR=VALUE: $line" >&2; exit 1
+    fi
+    name="${BASH_REMATCH[1]}"
+    [[ -n "${!name+x}" ]] || export "$name=${BASH_REMATCH[2]}"
+  done < "$CONFIG"
+  config_name="$(basename "$CONFIG")"
+  RUN_PREFIX="${RUN_PREFIX:-${config_name%.env}}"
+fi
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS-1337 42 7}"  # set but empty is an error, not the default
 NPROC="${NPROC:-8}"

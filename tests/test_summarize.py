@@ -781,7 +781,8 @@ def seeds_repo(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "torchrun").write_text(FAKE_TORCHRUN)
     (bin_dir / "torchrun").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NPROC", "RUN_PREFIX", "EVAL_ARTIFACT", "SEED", "RUN_ID")}
+    env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NPROC", "RUN_PREFIX", "EVAL_ARTIFACT", "SEED", "RUN_ID",
+                                                             "CONFIG", "MODEL_DIM", "XSA_LAST_N")}
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     return tmp_path, env
 
@@ -829,6 +830,27 @@ def test_run_seeds_overrides_and_stops_at_the_first_failure(seeds_repo):
         [f"try_seed{s}.{ext}" for s in (5, 6, 8) for ext in ("int6.ptz", "txt")]
     [failed] = [n for n in names if n.startswith("try_seed6.failed-")]
     assert (repo / "logs" / failed).read_text() == "log of seed 6\n" and failed.endswith(".txt")
+
+
+FAKE_TORCHRUN_ENV = FAKE_TORCHRUN.replace('echo "$* SEED=$SEED RUN_ID=$RUN_ID" >> calls.txt',
+                                         'echo "$* SEED=$SEED RUN_ID=$RUN_ID MODEL_DIM=${MODEL_DIM:-} XSA_LAST_N=${XSA_LAST_N:-}" >> calls.txt')
+
+
+def test_run_seeds_takes_a_configuration_file_the_environment_winning(seeds_repo):
+    repo, env = seeds_repo
+    (repo / "bin" / "torchrun").write_text(FAKE_TORCHRUN_ENV)
+    config = repo / "mine.env"
+    config.write_text("# a configuration\n\nMODEL_DIM=576\nXSA_LAST_N=11\n")
+    result = run_seeds(repo, env, SEEDS="5", CONFIG=str(config), XSA_LAST_N="4")
+    assert result.returncode == 0, result.stderr
+    assert (repo / "calls.txt").read_text().splitlines() == [
+        "--standalone --nproc_per_node=8 train_gpt.py SEED=5 RUN_ID=mine_seed5 MODEL_DIM=576 XSA_LAST_N=4"]
+    config.write_text("MODEL_DIM 576\n")
+    result = run_seeds(repo, env, SEEDS="6", CONFIG=str(config))
+    assert result.returncode == 1 and result.stderr == f"error: {config}: not VAR=VALUE: MODEL_DIM 576\n"
+    result = run_seeds(repo, env, SEEDS="6", CONFIG=str(repo / "missing.env"))
+    assert result.returncode == 1 and "is not a file" in result.stderr
+    assert len((repo / "calls.txt").read_text().splitlines()) == 1
 
 
 def test_run_seeds_rejects_bad_seed_lists(seeds_repo):

@@ -1,0 +1,30 @@
+"""configs/: the record's configuration stated in full, and every configuration file readable by
+train_gpt.py's Hyperparameters."""
+from pathlib import Path
+
+import pytest
+
+import train_gpt as tg
+from conftest import REPO, load_tool
+
+NOT_CONFIGURATION = {"run_id", "seed", "eval_artifact"}  # they name a run
+
+
+def read(path: Path) -> dict:
+    return load_tool("scripts/proxy.py", "proxy").read_env_file(path)
+
+
+def test_record_env_states_every_hyperparameter_at_its_default():
+    env = read(REPO / "configs" / "record.env")
+    assert set(env) == {name.upper() for name in tg.Hyperparameters.defaults()} - {n.upper() for n in NOT_CONFIGURATION}
+    args = tg.Hyperparameters(**{k.lower(): v for k, v in env.items()}, run_id="record")
+    assert {k: v for k, v in args.as_dict().items() if k not in NOT_CONFIGURATION} == \
+        {k: v for k, v in tg.Hyperparameters.defaults().items() if k not in NOT_CONFIGURATION}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.env")), ids=lambda p: p.name)
+def test_every_configuration_is_valid_and_fits(path):
+    env = read(path)
+    args = tg.Hyperparameters(**{k.lower(): v for k, v in env.items()}, run_id="config")
+    estimate, _ = tg.estimate_size(tg.build_model(args).state_dict(), args)
+    assert estimate + len(Path(tg.__file__).read_bytes()) < tg.SUBMISSION_LIMIT_BYTES
