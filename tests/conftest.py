@@ -170,6 +170,28 @@ def run_and_reread(monkeypatch: pytest.MonkeyPatch, **env) -> list[str]:
     return lines
 
 
+GOLDEN = Path(__file__).parent / "data" / "golden.json"
+GOLDEN_LINE = re.compile(r"^(step:\d+/\d+ (?:train_loss|val_loss):\S+|DIAGNOSTIC \S+ val_loss:\S+ val_bpb:\S+|\w+_exact .*)")
+
+
+def check_golden(name: str, log_lines: list[str], artifact: Path):
+    """Asserts that a run's figures (training losses, evaluations, DIAGNOSTIC and every _exact line,
+    timings cut off) and its artifact's sha256 are bit-identical to those stored under name in
+    tests/data/golden.json, which were written by the default path before the options existed, so
+    that an option switched off changes nothing. UPDATE_GOLDEN=1 rewrites the entry instead (only
+    for a deliberate change of the default path, said in its commit)."""
+    import hashlib
+    import json
+    figures = dict(lines=[m[1] for m in map(GOLDEN_LINE.match, log_lines) if m],
+                   artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(), torch=torch.__version__)
+    stored = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        stored[name] = figures
+        GOLDEN.write_text(json.dumps(stored, indent=1) + "\n")
+    assert figures["lines"] and name in stored, f"no golden figures for {name}: run with UPDATE_GOLDEN=1"
+    assert figures == stored[name]
+
+
 # ----------------------------------------------------------------------------- hyperparameters and models
 
 def make_args(base: dict | None = None, **overrides) -> tg.Hyperparameters:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_environ, run_lines, run_script, tiny_run_env, torchrun_cmd
+from conftest import REPO, check_golden, clean_environ, run_lines, run_script, tiny_run_env, torchrun_cmd
 
 DIAG_TOL = 1.5e-4
 EXACT_TOL = 2e-5
@@ -51,6 +51,7 @@ def ddp_and_single(tiny_data, tmp_path_factory):
         cwd = tmp_path_factory.mktemp(run_id)
         result = run_script(cmd + [str(REPO / "train_gpt.py")], dict(base, RUN_ID=run_id), cwd=cwd, timeout=240)
         assert result.returncode == 0, f"{run_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        result.cwd = cwd  # where its log and artifact are
         runs[run_id] = (result, run_part(cwd, run_id))
     return runs
 
@@ -82,9 +83,17 @@ def test_two_processes_match_one_process(ddp_and_single):
         assert abs(exact_ddp[name] - bpb) <= EXACT_TOL, (name, exact_ddp[name], bpb)
 
 
+def test_one_process_run_is_bit_identical_to_the_stored_default(ddp_and_single, tmp_path_factory):
+    """Every figure of the tiny run (QAT, soft-round, SWA, the burst and TTT included) and its
+    artifact, against tests/data/golden.json: options that are off change nothing."""
+    result, _ = ddp_and_single["single"]
+    check_golden("tiny_one_process", run_lines(result.cwd / "logs" / "single.txt"), result.cwd / "final_model.int6.ptz")
+
+
 def test_smoke_script_in_a_copy_of_the_repo(tmp_path):
     """scripts/smoke.sh builds the sample into the copy's data/sample and trains on it; the model
-    learns something (post-EMA bpb below the step-0 bpb).
+    learns something (post-EMA bpb below the step-0 bpb); its figures and artifact are bit-identical
+    to the stored default's (tests/data/golden.json).
 
     TTT_ENABLED=0 besides the short run: with the smoke configuration (11 blocks, 48k
     validation tokens, TTT_CHUNK_TOKENS=4096) the score-first TTT evaluation alone costs minutes of
@@ -109,3 +118,4 @@ def test_smoke_script_in_a_copy_of_the_repo(tmp_path):
     assert post_ema < float(step0[2]), (post_ema, step0[0])
     # the artifact quantises for real, the same tensors as at full size
     assert re.search(r"^quantized_tensors: int6:66 int8:3 passthrough:52$", log, re.M), log[-3000:]
+    check_golden("smoke_6_steps", run_lines(repo / "logs" / "smoketest.txt"), repo / "final_model.int6.ptz")
