@@ -97,6 +97,7 @@ class Hyperparameters:
     qk_gain_init: float = 1.5
     ln_scale: bool = True
     xsa_last_n: int = 4
+    parallel_from: int = 0  # > 0: blocks from this one on keep two residual lanes (a later record's; 0: off)
     bigram_vocab_size: int = 3072
     bigram_dim: int = 128
     ve_enabled: bool = True
@@ -187,7 +188,7 @@ class Hyperparameters:
                      "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
-                     "xsa_last_n muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
+                     "xsa_last_n parallel_from muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
                      "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds").split():
@@ -213,6 +214,8 @@ class Hyperparameters:
              f"ROPE_DIMS must be even and in [4, head dim {self.head_dim}], got {self.rope_dims}")
         need(self.ttt_freeze_blocks <= self.num_layers, f"TTT_FREEZE_BLOCKS={self.ttt_freeze_blocks} exceeds NUM_LAYERS={self.num_layers}")
         need(self.xsa_last_n <= self.num_layers, f"XSA_LAST_N={self.xsa_last_n} exceeds NUM_LAYERS={self.num_layers}")
+        need(self.parallel_from == 0 or self.num_layers // 2 <= self.parallel_from < self.num_layers,
+             f"PARALLEL_FROM={self.parallel_from} must be 0 (off) or a decoder block in [{self.num_layers // 2}, {self.num_layers})")
         need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
                                      and all(0 <= i < self.num_layers for i in self.ve_layers)),
              f"VE_LAYERS={','.join(map(str, self.ve_layers))} must name distinct layers in [0, {self.num_layers})")
@@ -609,12 +612,30 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(args, use_xsa=index >= args.num_layers - args.xsa_last_n)
         self.mlp = MLP(dim, int(args.mlp_mult * dim))
         self.ln_scale = 1 / math.sqrt(index + 1) if args.ln_scale else 1.0  # damps deeper blocks' inputs
+        self.parallel = 0 < args.parallel_from <= index
+        if self.parallel:  # what attention and MLP write into lanes A and M, and how much of each lane stays
+            self.lane_writes = nn.Parameter(torch.ones(2, 2))
+            self.lane_keeps = nn.Parameter(torch.full((2,), math.sqrt(1.1)))
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def attend(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, rope)
+        return x, self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, rope)
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
+        x, a = self.attend(x, x0, ve, rope)
+        x = x + a
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+
+    def forward_lanes(self, lanes: tuple[Tensor, Tensor], x0: Tensor, ve: Tensor | None,
+                      rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Parallel residuals (§4): attention reads lane A, the MLP lane M; each writes into both."""
+        (A, M), p, r = lanes, self.lane_writes.to(lanes[0].dtype), self.lane_keeps.to(lanes[0].dtype)
+        a = self.attend(A, x0, ve, rope)[1]
+        A, M = r[0] * A + p[0, 0] * a, r[0] * M + p[0, 1] * a
+        mix = self.resid_mix.to(M.dtype)
+        m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(mix[0] * M + mix[1] * x0) * self.ln_scale)
+        return r[1] * A + p[1, 0] * m, r[1] * M + p[1, 1] * m
 
 
 def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
@@ -715,14 +736,18 @@ class GPT(nn.Module):
         x0, skips = x, []
         ve = self.ve_shared(ids) if self.ve_index else None
         rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
+        lanes = None
         for i, block in enumerate(self.blocks):
-            if i >= self.num_encoder and skips:  # U-Net: decoder blocks take encoder outputs, last first
-                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
             j = self.ve_index.get(i)
-            x = block(x, x0, None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype), rope)
+            block_ve = None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype)
+            skip = self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop() if i >= self.num_encoder and skips else 0
+            if block.parallel:  # two lanes from here on, both starting as x; a skip goes into both
+                lanes = block.forward_lanes(tuple(lane + skip for lane in lanes or (x, x)), x0, block_ve, rope)
+                continue
+            x = block(x + skip, x0, block_ve, rope)  # U-Net: decoder blocks take encoder outputs, last first
             if i < self.num_encoder:
                 skips.append(x)
-        return x
+        return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
 
     def head(self, x: Tensor) -> Tensor:
         """Soft-capped logits in float32 through the tied embedding."""
