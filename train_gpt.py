@@ -136,6 +136,7 @@ class Hyperparameters:
     gptq_calibration: str = "train"  # train: training batches inside the wallclock | self: text the model generates
     gptq_sequences: int = 64  # calibration sequences of TRAIN_SEQ_LEN, shared out over ranks
     gptq_reserve_seconds: float = 14.0  # train calibration: training stops this much before MAX_WALLCLOCK_SECONDS
+    int6_matrices: int = 0  # > 0 (with gptq): only this many int6 matrices, those of largest trace(H); the rest int5
     # score-first test-time training (§7)
     ttt_enabled: bool = True
     ttt_lr: float = 0.002
@@ -191,7 +192,7 @@ class Hyperparameters:
                      "xsa_last_n parallel_from muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
-                     "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds").split():
+                     "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds int6_matrices").split():
             need(getattr(self, name) >= 0, f"{name.upper()} must be >= 0, got {getattr(self, name)}")
         for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum".split():
             need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
@@ -202,6 +203,8 @@ class Hyperparameters:
         need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
         need(self.quant_method in ("clip", "gptq"), f"QUANT_METHOD must be clip or gptq, got {self.quant_method!r}")
         need(self.compressor in ("zstd", "brotli"), f"COMPRESSOR must be zstd or brotli, got {self.compressor!r}")
+        need(self.int6_matrices == 0 or self.quant_method == "gptq",
+             f"INT6_MATRICES={self.int6_matrices} ranks matrices by their Hessians: it needs QUANT_METHOD=gptq")
         need(self.gptq_calibration in ("train", "self"), f"GPTQ_CALIBRATION must be train or self, got {self.gptq_calibration!r}")
         need(not (self.quant_method == "gptq" and self.gptq_calibration == "train" and self.max_wallclock_seconds
                   and self.gptq_reserve_seconds >= self.max_wallclock_seconds),
@@ -1204,13 +1207,14 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
     return hessians
 
 
-def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], names: list[str], max_q: int,
+def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int],
                 rt: Runtime | None) -> dict:
-    """GPTQ of the named matrices, dealt out to ranks by cost (rows x columns^2), each rank doing its
-    share; every rank gets {name: (q, scale), or None where the Cholesky failed}."""
-    world_size, rank = (rt.world_size, rt.rank) if rt else (1, 0)
+    """GPTQ of the matrices named in max_qs (name: largest level), dealt out to ranks by cost (rows x
+    columns^2), each rank doing its share; every rank gets {name: (q, scale), or None where the
+    Cholesky failed}."""
+    (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
     shares = deal_out([state_dict[n].shape[0] * state_dict[n].shape[1] ** 2 for n in names], world_size)
-    mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_q, INT6_CLIP_QUANTILES)
+    mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_qs[names[i]], INT6_CLIP_QUANTILES)
             for i in shares[rank]}
     if world_size == 1:
         return mine
@@ -1220,14 +1224,21 @@ def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], name
 
 
 def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: int = Hyperparameters.passthrough_max_numel,
-                        hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None) -> dict:
+                        hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None,
+                        int6_matrices: int = 0) -> dict:
     """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors.
     An int6 matrix with an entry in hessians is quantised by GPTQ (shared out over rt's ranks, which
     must all call this), else (or where GPTQ fails, said to log) by clip search; bits < 6 narrows
-    their range, for comparing quantisers (same container)."""
+    their range, for comparing quantisers (same container). int6_matrices > 0 keeps that many
+    matrices at `bits`, those whose H has the largest trace (the most sensitive), and gives the
+    rest one bit less (still stored as "int6", values in the narrower range)."""
     weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
-    by_gptq = gptq_shared(state_dict, hessians, [n for n, t in state_dict.items() if n in (hessians or {}) and
-                                                 quant_kind(n, t, passthrough_max_numel) == "int6"], max_q, rt)
+    names = [n for n, t in state_dict.items() if n in (hessians or {}) and quant_kind(n, t, passthrough_max_numel) == "int6"]
+    narrowed = sorted(names, key=lambda n: -float(hessians[n].trace()))[int6_matrices:] if int6_matrices else []
+    max_qs = {n: max_q // 2 if n in narrowed else max_q for n in names}
+    if narrowed and log is not None:
+        log(f"quantize:mixed int{bits}:{len(names) - len(narrowed)} int{bits - 1}:{len(narrowed)} (by trace of H)")
+    by_gptq = gptq_shared(state_dict, hessians, max_qs, rt)
     for name, t in state_dict.items():
         t = t.detach().cpu()
         kind = quant_kind(name, t, passthrough_max_numel)
@@ -1238,7 +1249,7 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
         if found is None and name in by_gptq and log is not None:
             log(f"gptq: {name}: H is not positive definite after damping; clip search instead")
         if found is None:
-            found = quantize_rows(t, max_q, INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
+            found = quantize_rows(t, max_qs.get(name, max_q), INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
         weights[name + ".q"], weights[name + ".scale"], meta[name] = *found, {"type": kind}
     return {"w": weights, "m": meta}
 
@@ -1317,18 +1328,24 @@ COMPRESSION_RATIO = {"zstd": 0.7302, "brotli": 0.6766}
 def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple[int, str]:
     """The artifact's bytes, estimated before training from the tensors' shapes: the payload (int6
     values at 6 bits, int8 at 8, fp16 row scales and passthrough tensors at their size) times the
-    compressor's ratio measured on trained proxy artifacts; and the arithmetic, for the log."""
-    counts, payload_bits = {"int6": 0, "int8": 0, "passthrough": 0}, 0
+    compressor's ratio measured on trained proxy artifacts; and the arithmetic, for the log. With
+    INT6_MATRICES, the int5 ones are taken to be the smallest (which ones is known only after
+    training), so the estimate is an upper bound."""
+    counts, payload_bits, int6 = {"int6": 0, "int5": 0, "int8": 0, "passthrough": 0}, 0, []
     for name, t in state_dict.items():
         kind = quant_kind(name, t, args.passthrough_max_numel)
+        if kind == "int6":
+            int6.append(t.numel())
         counts[kind] += t.numel()
         if kind == "passthrough":
             payload_bits += t.numel() * (16 if t.is_floating_point() else 8 * t.element_size())
         else:
             payload_bits += t.numel() * (6 if kind == "int6" else 8) + 16 * t.shape[0]
+    narrowed = sum(sorted(int6)[:len(int6) - args.int6_matrices]) if args.int6_matrices else 0
+    counts["int6"], counts["int5"], payload_bits = counts["int6"] - narrowed, narrowed, payload_bits - narrowed
     ratio = COMPRESSION_RATIO[args.compressor]
     estimate = round(payload_bits / 8 * ratio)
-    return estimate, (" ".join(f"{k}:{v}" for k, v in counts.items()) +
+    return estimate, (" ".join(f"{k}:{v}" for k, v in counts.items() if v or k != "int5") +
                       f" params, payload {payload_bits // 8} bytes x {ratio} ({args.compressor}) = {estimate} bytes")
 
 
@@ -1702,7 +1719,8 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
     GPTQ where hessians are given (its matrices shared out over the ranks), both files or neither;
     every rank learns whether that worked."""
     failure, t0 = "", time.perf_counter()
-    container = quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt) if hessians or rt.is_main else None
+    container = (quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt, int6_matrices=args.int6_matrices)
+                 if hessians or rt.is_main else None)
     if rt.is_main:
         seconds = time.perf_counter() - t0
         try:

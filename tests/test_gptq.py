@@ -216,3 +216,40 @@ def test_gptq_settings_are_checked():
         tiny_args(quant_method="gptq", max_wallclock_seconds=60, gptq_reserve_seconds=60)
     assert tiny_args(max_wallclock_seconds=60, gptq_reserve_seconds=14).train_seconds == 60  # clip: no reserve
     assert tiny_args(quant_method="gptq", gptq_calibration="self", max_wallclock_seconds=60).train_seconds == 60
+
+
+# ----------------------------------------------------------------------------- mixed int6/int5 (INT6_MATRICES)
+
+def test_int6_matrices_keeps_the_largest_traces_at_int6_and_narrows_the_rest():
+    model = filled_model(tiny_args())
+    ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(2))
+    hessians = tg.collect_hessians(model.eval(), [ids])
+    weights = {k: v * 10 for k, v in model.state_dict().items()}  # rows well above the 1/31 scale floor: full ranges
+    said = []
+    mixed = tg.quantize_state_dict(weights, 256, hessians, said.append, int6_matrices=5)
+    int6 = [k for k, m in mixed["m"].items() if m != "passthrough" and m["type"] == "int6"]
+    kept = sorted(int6, key=lambda k: -float(hessians[k].trace()))[:5]
+    assert said == [f"quantize:mixed int6:5 int5:{len(int6) - 5} (by trace of H)"]
+    for k in int6:
+        top = mixed["w"][k + ".q"].abs().max()
+        assert (16 <= top <= 31) if k in kept else (top <= 15), (k, top)
+    assert tg.quantize_state_dict(weights, 256, hessians, int6_matrices=0)["w"].keys() == mixed["w"].keys()
+    plain = tg.quantize_state_dict(weights, 256, hessians)
+    assert all(torch.equal(plain["w"][k + ".q"], mixed["w"][k + ".q"]) for k in kept)
+    with pytest.raises(tg.InputError, match=r"^INT6_MATRICES=5 ranks matrices by their Hessians: it needs QUANT_METHOD=gptq$"):
+        tiny_args(int6_matrices="5")
+
+
+def test_the_size_estimate_counts_the_int5_matrices_as_the_smallest():
+    args, mixed_args = tiny_args(quant_method="gptq"), tiny_args(quant_method="gptq", int6_matrices="5")
+    state = tg.build_model(args).state_dict()
+    int6 = sorted(t.numel() for k, t in state.items() if tg.quant_kind(k, t, 256) == "int6")
+    narrowed = sum(int6[:len(int6) - 5])
+    (full, _), (mixed, arithmetic) = tg.estimate_size(state, args), tg.estimate_size(state, mixed_args)
+    assert f"int5:{narrowed} " in arithmetic
+    assert mixed == pytest.approx(full - narrowed / 8 * tg.COMPRESSION_RATIO["zstd"], abs=1)
+
+
+def test_a_mixed_run_logs_the_split_and_eval_only_mode_reproduces_it(tiny_env, monkeypatch):
+    lines = run_and_reread(monkeypatch, QUANT_METHOD="gptq", INT6_MATRICES="10", GPTQ_SEQUENCES="4", TTT_ENABLED="0")
+    one(lines, r"quantize:mixed int6:10 int5:14 \(by trace of H\)")
