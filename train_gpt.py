@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import json
 import math
 import os
@@ -76,6 +77,8 @@ class Hyperparameters:
     train_batch_tokens: int = 786_432
     train_seq_len: int = 2048
     train_log_every: int = 500
+    loader: str = "stream"  # stream: the shards in order (the record) | coprime: each step from many shards (§2)
+    coprime_ramp_steps: int = 1800  # coprime: steps over which shards per step go 8 -> 64 and alpha 0.9 -> 0.5
     # evaluation
     val_batch_size: int = 524_288
     val_loss_every: int = 4000  # 0: only at the end
@@ -189,7 +192,7 @@ class Hyperparameters:
                      "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
-                     "xsa_last_n parallel_from muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
+                     "xsa_last_n parallel_from coprime_ramp_steps muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
                      "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds int6_matrices").split():
@@ -203,6 +206,7 @@ class Hyperparameters:
         need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
         need(self.quant_method in ("clip", "gptq"), f"QUANT_METHOD must be clip or gptq, got {self.quant_method!r}")
         need(self.compressor in ("zstd", "brotli"), f"COMPRESSOR must be zstd or brotli, got {self.compressor!r}")
+        need(self.loader in ("stream", "coprime"), f"LOADER must be stream or coprime, got {self.loader!r}")
         need(self.int6_matrices == 0 or self.quant_method == "gptq",
              f"INT6_MATRICES={self.int6_matrices} ranks matrices by their Hessians: it needs QUANT_METHOD=gptq")
         need(self.gptq_calibration in ("train", "self"), f"GPTQ_CALIBRATION must be train or self, got {self.gptq_calibration!r}")
@@ -400,6 +404,79 @@ class DistributedTokenLoader:
         chunk = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
         local = to_device(torch.from_numpy(chunk.astype(np.int64)), self.device)
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
+
+    def state(self):
+        return self.stream.state()
+
+    def restore(self, state):
+        self.stream.restore(state)
+
+
+class CoprimeLoader:
+    """A later record's loader (§2). Each shard is read in passes, as blocks of seq_len + 1 tokens
+    from a random phase, block (start + k * stride) mod blocks at its k-th read, gcd(stride, blocks)
+    = 1, so that a pass reads every block once. Each draw takes its windows from several shards
+    (8 at first, 64 after COPRIME_RAMP_STEPS draws), chosen with weights (blocks left)^alpha (alpha
+    0.9 -> 0.5), in equal shares, interleaved; micro-batch m of the 8 is windows m::8, and rank r
+    reads micro-batches r, r + world_size, ...: the same sequences whatever the world size."""
+
+    def __init__(self, files, rank: int, world_size: int, device: torch.device, seed: int, ramp_steps: int):
+        self.shards, self.rank, self.world_size, self.device = [read_shard(f) for f in files], rank, world_size, device
+        self.rng, self.ramp_steps, self.draws, self.passes, self.pending = np.random.default_rng(seed), ramp_steps, 0, {}, []
+
+    def _start_pass(self, i: int, span: int):
+        phase = int(self.rng.integers(span))
+        blocks = (len(self.shards[i]) - phase) // span
+        stride = int(self.rng.integers(1, max(blocks, 2)))
+        while math.gcd(stride, blocks) != 1:
+            stride = int(self.rng.integers(1, blocks))
+        self.passes[i] = [phase, blocks, int(self.rng.integers(max(blocks, 1))), stride, 0]  # ..., blocks read
+
+    def _draw(self, count: int, span: int) -> list[tuple[int, int]]:
+        """(shard, token offset) of the next `count` windows, interleaved across the chosen shards."""
+        ramp = min(self.draws / self.ramp_steps, 1.0) if self.ramp_steps else 1.0
+        alpha, per_draw, self.draws = 0.9 - 0.4 * ramp, round(8 + 56 * ramp), self.draws + 1
+        columns = []
+        while count > 0:
+            for i in range(len(self.shards)):
+                if i not in self.passes:
+                    self._start_pass(i, span)
+            left = np.array([b - read for _, b, _, _, read in (self.passes[i] for i in range(len(self.shards)))], dtype=float)
+            if not left.any():  # every shard read through: a new pass of each
+                if not any(read for *_, read in self.passes.values()):
+                    raise InputError(f"no training shard holds a sequence of {span} tokens")
+                self.passes.clear()
+                continue
+            chosen = self.rng.choice(len(left), size=min(per_draw, int((left > 0).sum())), replace=False,
+                                     p=left ** alpha / (left ** alpha).sum())
+            for n, i in enumerate(chosen):
+                phase, blocks, start, stride, read = self.passes[i]
+                take = min(count // len(chosen) + (n < count % len(chosen)), blocks - read)
+                columns.append([(i, phase + (start + k * stride) % blocks * span) for k in range(read, read + take)])
+                self.passes[i][4] += take
+            count -= sum(map(len, columns[-len(chosen):]))
+        return [w for row in itertools.zip_longest(*columns) for w in row if w is not None]
+
+    def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        n = local_tokens // seq_len
+        if not self.pending or len(self.pending[0]) != n:
+            windows = self._draw(n * MICRO_BATCHES, seq_len + 1)
+            self.pending = [windows[m::MICRO_BATCHES] for m in range(self.rank, MICRO_BATCHES, self.world_size)]
+        batch = np.stack([self.shards[i][o:o + seq_len + 1] for i, o in self.pending.pop(0)]).astype(np.int64)
+        local = to_device(torch.from_numpy(batch), self.device)
+        return local[:, :-1], local[:, 1:]
+
+    def state(self):
+        return copy.deepcopy((self.rng.bit_generator.state, self.draws, self.passes, self.pending))
+
+    def restore(self, state):
+        self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
+
+
+def make_loader(files, args: Hyperparameters, rt: Runtime):
+    if args.loader == "coprime":
+        return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
 
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
@@ -1045,13 +1122,14 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
     return total / len(batches)
 
 
-def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader, args: Hyperparameters, rt: Runtime):
+def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader, args: Hyperparameters,
+                 rt: Runtime):
     """WARMUP_STEPS real steps to compile and warm up kernels, every other one with late QAT on (its
     graph, too, is built before the timed run), then restore the initial weights, optimiser states,
     QAT switch and data stream exactly: the run starts as if they never happened."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    stream = loader.stream.state()
+    stream = loader.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for i in range(args.warmup_steps):
         model.set_qat(i % 2 == 1, False, args.soft_round_tau)
@@ -1061,7 +1139,7 @@ def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoa
     model.load_state_dict(weights)
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
-    loader.stream.restore(stream)
+    loader.restore(stream)
 
 
 def float_weights(model: nn.Module) -> dict[str, Tensor]:
@@ -1581,7 +1659,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     """Trains for ITERATIONS steps or MAX_WALLCLOCK_SECONDS of training time, then the late burst
     (§5). Returns the average to apply ("ema" or "swa"), its weights in fp32, and with
     QUANT_METHOD=gptq the Hessians of the averaged model (calibrate)."""
-    loader = DistributedTokenLoader(train_files, rt.rank, rt.world_size, rt.device)
+    loader = make_loader(train_files, args, rt)
     model = compile_model(place_model(build_model(args), rt), args, rt.device)
     optimizers = build_optimizers(model, args, rt)
     log(f"model_params:{sum(p.numel() for p in model.parameters())}")
@@ -1683,7 +1761,7 @@ def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
     return ids
 
 
-def calibrate(model: GPT, loader: DistributedTokenLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
+def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
               log, clock) -> dict[str, Tensor]:
     """GPTQ's Hessians (§6) of the model, from GPTQ_SEQUENCES sequences shared out over ranks: the
     next ones of the training stream, taken only while the training time (the loop's, plus this)
