@@ -101,6 +101,8 @@ class Hyperparameters:
     ln_scale: bool = True
     xsa_last_n: int = 4
     parallel_from: int = 0  # > 0: blocks from this one on keep two residual lanes (a later record's; 0: off)
+    recur_layers: tuple = ()  # consecutive blocks run a second time, with their own MLPs (a later record's; empty: off)
+    recur_step: int = 3000  # the step at which those repeats switch on
     bigram_vocab_size: int = 3072
     bigram_dim: int = 128
     ve_enabled: bool = True
@@ -192,7 +194,7 @@ class Hyperparameters:
                      "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
-                     "xsa_last_n parallel_from coprime_ramp_steps muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
+                     "xsa_last_n parallel_from coprime_ramp_steps recur_step muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
                      "matrix_lr tied_embed_lr scalar_lr muon_wd adam_wd grad_clip_norm ttt_lr ttt_grad_clip "
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
                      "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds int6_matrices").split():
@@ -221,6 +223,12 @@ class Hyperparameters:
              f"ROPE_DIMS must be even and in [4, head dim {self.head_dim}], got {self.rope_dims}")
         need(self.ttt_freeze_blocks <= self.num_layers, f"TTT_FREEZE_BLOCKS={self.ttt_freeze_blocks} exceeds NUM_LAYERS={self.num_layers}")
         need(self.xsa_last_n <= self.num_layers, f"XSA_LAST_N={self.xsa_last_n} exceeds NUM_LAYERS={self.num_layers}")
+        need(not self.recur_layers or self.warmup_steps >= 4, "RECUR_LAYERS needs WARMUP_STEPS >= 4 (priming builds "
+             "each graph: QAT off and on, the repeats off and on)")
+        need(list(self.recur_layers) == list(range(self.recur_layers[0], self.recur_layers[-1] + 1)) and
+             self.recur_layers[-1] < (self.parallel_from or self.num_layers) if self.recur_layers else True,
+             f"RECUR_LAYERS={','.join(map(str, self.recur_layers))} must be consecutive blocks before PARALLEL_FROM "
+             f"(or NUM_LAYERS={self.num_layers})")
         need(self.parallel_from == 0 or self.num_layers // 2 <= self.parallel_from < self.num_layers,
              f"PARALLEL_FROM={self.parallel_from} must be 0 (off) or a decoder block in [{self.num_layers // 2}, {self.num_layers})")
         need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
@@ -657,7 +665,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = CastedLinear(args.model_dim, args.model_dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
 
-    def forward(self, x: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor], q_gain: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
         q = rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim))
         k = rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim))
@@ -665,7 +673,7 @@ class CausalSelfAttention(nn.Module):
         if ve is not None:
             v = v + ve
         v = v.view(B, T, self.num_kv_heads, self.head_dim)
-        q = apply_rotary(q, *rope) * self.q_gain.to(q.dtype)[:, None]
+        q = apply_rotary(q, *rope) * (self.q_gain if q_gain is None else q_gain).to(q.dtype)[:, None]
         y = causal_attention(q, apply_rotary(k, *rope), v, self.attention)
         if self.use_xsa:
             y = remove_value_direction(y, v)
@@ -697,25 +705,42 @@ class Block(nn.Module):
             self.lane_writes = nn.Parameter(torch.ones(2, 2))
             self.lane_keeps = nn.Parameter(torch.full((2,), math.sqrt(1.1)))
 
-    def attend(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
-        mix = self.resid_mix.to(x.dtype)
+    def attend(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor], own: nn.Module, f: float):
+        mix = own.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        return x, self.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * self.ln_scale, ve, rope)
+        return x, own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor]) -> Tensor:
-        x, a = self.attend(x, x0, ve, rope)
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor],
+                repeat: Repeat | None = None, ln_scale: float | None = None) -> Tensor:
+        """With a Repeat: this block's attention weights with the repeat's MLP and scalars."""
+        own, f = repeat or self, self.ln_scale if ln_scale is None else ln_scale
+        x, a = self.attend(x, x0, ve, rope, own, f)
         x = x + a
-        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x) * self.ln_scale)
+        return x + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)
 
-    def forward_lanes(self, lanes: tuple[Tensor, Tensor], x0: Tensor, ve: Tensor | None,
-                      rope: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def forward_lanes(self, lanes: tuple[Tensor, Tensor], x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor],
+                      ln_scale: float | None = None) -> tuple[Tensor, Tensor]:
         """Parallel residuals (§4): attention reads lane A, the MLP lane M; each writes into both."""
         (A, M), p, r = lanes, self.lane_writes.to(lanes[0].dtype), self.lane_keeps.to(lanes[0].dtype)
-        a = self.attend(A, x0, ve, rope)[1]
+        f = self.ln_scale if ln_scale is None else ln_scale
+        a = self.attend(A, x0, ve, rope, self, f)[1]
         A, M = r[0] * A + p[0, 0] * a, r[0] * M + p[0, 1] * a
         mix = self.resid_mix.to(M.dtype)
-        m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(mix[0] * M + mix[1] * x0) * self.ln_scale)
+        m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(mix[0] * M + mix[1] * x0) * f)
         return r[1] * A + p[1, 0] * m, r[1] * M + p[1, 1] * m
+
+
+class Repeat(nn.Module):
+    """Depth recurrence (§4): what a second pass through a block does not share with it, its MLP
+    and scalars; copied from the block when the repeats switch on."""
+
+    def __init__(self, args: Hyperparameters):
+        super().__init__()
+        dim = args.model_dim
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
+        self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
+        self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
+        self.mlp = MLP(dim, int(args.mlp_mult * dim))
 
 
 def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
@@ -781,6 +806,9 @@ class GPT(nn.Module):
             self.ve_shared = ValueEmbedding(args.vocab_size, args.ve_dim, args.num_kv_heads * args.head_dim)
             self.ve_layer_scales = nn.ParameterList(nn.Parameter(torch.ones(1)) for _ in self.ve_index)
         self._init_weights(args)
+        self.recur_layers, self.recurring, self.ln_scale = list(args.recur_layers), False, args.ln_scale
+        if self.recur_layers:  # after the initialisation: copied from their blocks when they switch on
+            self.repeats = nn.ModuleList(Repeat(args) for _ in self.recur_layers)
 
     @torch.no_grad()
     def _init_weights(self, args: Hyperparameters):
@@ -806,6 +834,27 @@ class GPT(nn.Module):
                 module.qat = enabled
                 module.soft_round.copy_(torch.tensor([float(soft_round), tau]))
 
+    def recurrence_copies(self) -> list[tuple[str, str]]:
+        """(repeat's state-dict name, its block's) of every tensor copied when the repeats switch on."""
+        names = ["attn_scale", "mlp_scale", "resid_mix", "mlp.fc.weight", "mlp.proj.weight"]
+        return [(f"repeats.{j}.{n}", f"blocks.{i}.{n}") for j, i in enumerate(self.recur_layers) for n in names] + \
+            [(f"repeats.{j}.q_gain", f"blocks.{i}.attn.q_gain") for j, i in enumerate(self.recur_layers)]
+
+    @torch.no_grad()
+    def start_recurrence(self):
+        """The repeats switch on (a Python flag: the compiled model holds a graph for each), as copies."""
+        for repeat, block in self.recurrence_copies():
+            self.get_parameter(repeat).copy_(self.get_parameter(block))
+        self.recurring = True
+
+    def passes(self) -> list[tuple[int, Repeat | None]]:
+        """(block index, the Repeat of a second pass or None) in the order they run."""
+        order = [(i, None) for i in range(len(self.blocks))]
+        if not self.recurring:
+            return order
+        last = self.recur_layers[-1]
+        return order[:last + 1] + [(i, self.repeats[j]) for j, i in enumerate(self.recur_layers)] + order[last + 1:]
+
     def forward_logits(self, ids: Tensor) -> Tensor:
         """Soft-capped logits (B, T, V) in float32."""
         return self.head(self.hidden(ids))
@@ -817,14 +866,18 @@ class GPT(nn.Module):
         ve = self.ve_shared(ids) if self.ve_index else None
         rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
         lanes = None
-        for i, block in enumerate(self.blocks):
-            j = self.ve_index.get(i)
+        for v, (i, repeat) in enumerate(self.passes()):
+            block, j = self.blocks[i], self.ve_index.get(i)
             block_ve = None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype)
+            f = (1 / math.sqrt(v + 1) if self.ln_scale else 1.0) if self.recurring else None  # by virtual index
+            if repeat is not None:
+                x = block(x, x0, block_ve, rope, repeat, f)
+                continue
             skip = self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop() if i >= self.num_encoder and skips else 0
             if block.parallel:  # two lanes from here on, both starting as x; a skip goes into both
-                lanes = block.forward_lanes(tuple(lane + skip for lane in lanes or (x, x)), x0, block_ve, rope)
+                lanes = block.forward_lanes(tuple(lane + skip for lane in lanes or (x, x)), x0, block_ve, rope, f)
                 continue
-            x = block(x + skip, x0, block_ve, rope)  # U-Net: decoder blocks take encoder outputs, last first
+            x = block(x + skip, x0, block_ve, rope, None, f)  # U-Net: decoder blocks take encoder outputs, last first
             if i < self.num_encoder:
                 skips.append(x)
         return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
@@ -1124,22 +1177,33 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
 
 def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader, args: Hyperparameters,
                  rt: Runtime):
-    """WARMUP_STEPS real steps to compile and warm up kernels, every other one with late QAT on (its
-    graph, too, is built before the timed run), then restore the initial weights, optimiser states,
-    QAT switch and data stream exactly: the run starts as if they never happened."""
+    """WARMUP_STEPS real steps to compile and warm up kernels, every other one with late QAT on, and
+    with RECUR_LAYERS every other pair with the repeats on (their graphs, too, are built before the
+    timed run), then restore the initial weights, optimiser states, switches and data stream
+    exactly: the run starts as if they never happened."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     stream = loader.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for i in range(args.warmup_steps):
         model.set_qat(i % 2 == 1, False, args.soft_round_tau)
+        model.recurring = bool(model.recur_layers) and i // 2 % 2 == 1
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
         train_step(model, batches, optimizers, args.grad_clip_norm, rt)
     model.set_qat(False, False, args.soft_round_tau)
+    model.recurring = False
     model.load_state_dict(weights)
     for opt, state in zip(optimizers, states):
         opt.load_state_dict(state)
     loader.restore(stream)
+
+
+def start_recurrence(model: GPT, ema: EMA, log, when: str):
+    """The repeats switch on as copies of their blocks, in the model and in its EMA."""
+    model.start_recurrence()
+    for repeat, block in model.recurrence_copies():
+        ema.weights[repeat] = ema.weights[block].clone()
+    log(f"recurrence:enabled {when} layers:{','.join(map(str, model.recur_layers))} virtual_layers:{len(model.passes())}")
 
 
 def float_weights(model: nn.Module) -> dict[str, Tensor]:
@@ -1687,6 +1751,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
             break
 
         scale = lr_scale(step, elapsed_ms, args)
+        if model.recur_layers and not model.recurring and step >= args.recur_step:
+            start_recurrence(model, ema, log, f"step:{step}")
         if not qat_on and scale < args.late_qat_threshold:
             qat_on = True
             model.set_qat(True, soft_round_on, args.soft_round_tau)
@@ -1721,6 +1787,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.train_seconds:
             stop_after = step
 
+    if model.recur_layers and not model.recurring:  # the artifact is evaluated with the repeats on
+        start_recurrence(model, ema, log, f"at_end step:{step} (RECUR_STEP={args.recur_step} not reached)")
     if rt.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
@@ -1836,6 +1904,7 @@ def main(clock=time.perf_counter):
         val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
         model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
+        model.recurring = bool(args.recur_layers)  # a run's repeats are on by the end of its training
         if not args.eval_artifact:
             estimate, arithmetic = estimate_size(model.state_dict(), args)
             log(f"size_estimate: {arithmetic}; with the code {estimate + code_bytes()} bytes")
