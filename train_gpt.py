@@ -1355,6 +1355,8 @@ def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_
     columns^2), each rank doing its share; every rank gets {name: (q, scale), or None where the
     Cholesky failed}."""
     (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
+    if not names:  # clip search only (every rank agrees: the Hessians are the same on all): no collective
+        return {}
     shares = deal_out([state_dict[n].shape[0] * state_dict[n].shape[1] ** 2 for n in names], world_size)
     mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_qs[names[i]], INT6_CLIP_QUANTILES)
             for i in shares[rank]}

@@ -49,7 +49,7 @@ def ddp_and_single(tiny_data, tmp_path_factory):
     runs = {}
     for run_id, cmd in (("ddp", torchrun_cmd() + ["--standalone", "--nproc_per_node=2"]), ("single", [sys.executable])):
         cwd = tmp_path_factory.mktemp(run_id)
-        result = run_script(cmd + [str(REPO / "train_gpt.py")], dict(base, RUN_ID=run_id), cwd=cwd, timeout=240)
+        result = run_script(cmd + [str(REPO / "train_gpt.py")], dict(base, RUN_ID=run_id), cwd=cwd, timeout=480)
         assert result.returncode == 0, f"{run_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         result.cwd = cwd  # where its log and artifact are
         runs[run_id] = (result, run_part(cwd, run_id))
