@@ -461,6 +461,7 @@ def test_main_over_the_limit_logs_an_error_evaluates_and_raises(tiny_env, monkey
     monkeypatch.setenv("WARMDOWN_ITERS", "1")
     monkeypatch.setenv("TTT_ENABLED", "0")
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", 1000)
+    monkeypatch.setenv("ALLOW_OVER_LIMIT", "1")  # past the estimate at start: the real size is checked too
     with pytest.raises(tg.RunError) as excinfo:
         tg.main()
     message = str(excinfo.value)
