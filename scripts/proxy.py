@@ -7,7 +7,8 @@ arm's paired difference to the first arm.
     python scripts/proxy.py --quick                     # a small configuration, 1 arm x 1 seed (CI)
     python scripts/proxy.py quant --checkpoint PATH --bits 6,5,4 --val-tokens 0  # quantisers on one checkpoint
 
-An arm is NAME:VAR=VALUE,VAR=VALUE (environment overrides on top of scripts/proxy.env; `base:`
+An arm is NAME:VAR=VALUE,VAR=VALUE (environment overrides on top of scripts/proxy.env, a list value
+as RECUR_LAYERS=4,5; `base:`
 overrides nothing). Each run keeps its directory logs/proxy/<ARM>/seed<SEED>/ (train_gpt.py's log,
 model and artifact); a run whose log is complete is not run again, so an interrupted study resumes
 where it stopped, and a finished run made with other settings is refused rather than mixed in. The
@@ -64,16 +65,20 @@ def read_env_file(path: Path) -> dict:
 
 
 def parse_arm(text: str) -> tuple[str, dict]:
-    """NAME:VAR=VALUE,VAR=VALUE -> (name, overrides)."""
+    """NAME:VAR=VALUE,VAR=VALUE -> (name, overrides); an item without = continues the previous value
+    (RECUR_LAYERS=4,5)."""
     name, sep, rest = text.partition(":")
     if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ProxyError(f"--arm {text!r}: expected NAME:VAR=VALUE,... (NAME letters, digits, - or _)")
-    overrides = {}
+    overrides, key = {}, None
     for item in filter(None, rest.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or not key.isupper():
+        name_part, sep, value = item.partition("=")
+        if sep and name_part.isupper():
+            key, overrides[name_part] = name_part, value
+        elif not sep and key is not None:  # a list value: RECUR_LAYERS=4,5
+            overrides[key] += "," + item
+        else:
             raise ProxyError(f"--arm {text!r}: {item!r} is not VAR=VALUE")
-        overrides[key] = value
     return name, overrides
 
 

@@ -63,6 +63,7 @@ def test_bad_arms_are_refused(text, problem):
         proxy.parse_arm(text)
     assert proxy.parse_arm("swa:WEIGHT_AVG=swa,SWA_EVERY=2") == ("swa", {"WEIGHT_AVG": "swa", "SWA_EVERY": "2"})
     assert proxy.parse_arm("base:") == ("base", {})
+    assert proxy.parse_arm("r:RECUR_LAYERS=4,5,RECUR_STEP=69") == ("r", {"RECUR_LAYERS": "4,5", "RECUR_STEP": "69"})
 
 
 TABLE_ROW = re.compile(r"^\| (\S+) \| (\d+) \| (.+) \|$", re.M)
