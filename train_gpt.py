@@ -25,6 +25,7 @@ from collections import deque
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -39,24 +40,19 @@ try:  # FlashAttention-3 on Hopper; PyTorch SDPA everywhere else
 except ImportError:
     flash_attn_3 = None
 
-
 # ----------------------------------------------------------------------------- hyperparameters
 
 MICRO_BATCHES = 8  # micro-batches per optimiser step: world_size x grad_accum_steps (the record's 8 GPUs x 1)
 
-
 class RunError(Exception):
     """The run cannot go on: it stops with this one-line message, logged and printed, and exit 1."""
-
 
 class InputError(RunError):
     """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
 
-
 class Hyperparameters:
-    """Every knob of a run (recipe §8). The class attributes are the defaults (the record's); an
-    instance reads each one from the environment variable of the same name in upper case, checks
-    it, and is read-only. Keyword arguments override the environment (for tests and importers)."""
+    """Every knob of a run (§8), the defaults the record's: read from upper-case environment variables
+    (keyword arguments win), checked, read-only."""
 
     # data and run
     data_path: str = "./data/datasets/fineweb10B_sp1024"
@@ -203,15 +199,11 @@ class Hyperparameters:
             need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
         need(self.adam_eps > 0, f"ADAM_EPS must be > 0, got {self.adam_eps}")
         need(re.fullmatch(r"[\w.-]+", self.run_id) is not None, f"RUN_ID={self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
-        need(self.compile in ("auto", "0", "1"), f"COMPILE must be auto, 0 or 1, got {self.compile!r}")
-        need(self.attention in ("auto", "fa3", "sdpa"), f"ATTENTION must be auto, fa3 or sdpa, got {self.attention!r}")
-        need(self.weight_avg in ("ema", "swa"), f"WEIGHT_AVG must be ema or swa, got {self.weight_avg!r}")
-        need(self.quant_method in ("clip", "gptq"), f"QUANT_METHOD must be clip or gptq, got {self.quant_method!r}")
-        need(self.compressor in ("zstd", "brotli"), f"COMPRESSOR must be zstd or brotli, got {self.compressor!r}")
-        need(self.loader in ("stream", "coprime"), f"LOADER must be stream or coprime, got {self.loader!r}")
+        for name, *choices in (spec.split() for spec in ("compile auto 0 1", "attention auto fa3 sdpa", "weight_avg ema swa",
+                               "quant_method clip gptq", "compressor zstd brotli", "loader stream coprime", "gptq_calibration train self")):
+            need(getattr(self, name) in choices, f"{name.upper()} must be {', '.join(choices[:-1])} or {choices[-1]}, got {getattr(self, name)!r}")
         need(self.int6_matrices == 0 or self.quant_method == "gptq",
              f"INT6_MATRICES={self.int6_matrices} ranks matrices by their Hessians: it needs QUANT_METHOD=gptq")
-        need(self.gptq_calibration in ("train", "self"), f"GPTQ_CALIBRATION must be train or self, got {self.gptq_calibration!r}")
         need(not (self.quant_method == "gptq" and self.gptq_calibration == "train" and self.max_wallclock_seconds
                   and self.gptq_reserve_seconds >= self.max_wallclock_seconds),
              f"GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds}")
@@ -242,38 +234,28 @@ class Hyperparameters:
         need(self.ttt_chunk_tokens % self.eval_seq_len == 0,
              f"TTT_CHUNK_TOKENS={self.ttt_chunk_tokens} must be a multiple of EVAL_SEQ_LEN={self.eval_seq_len}")
 
-
 def _parse(env_name: str, raw, kind: type):
     """One environment value as the type of its default; InputError naming the variable otherwise."""
     text = ",".join(map(str, raw)) if isinstance(raw, (tuple, list)) else str(raw).strip()
     try:
-        if kind is bool:
-            if text.lower() in ("1", "true"):
-                return True
-            if text.lower() in ("0", "false"):
-                return False
-            raise ValueError
+        if kind is bool and text.lower() in ("1", "true", "0", "false"):
+            return text.lower() in ("1", "true")
         if kind is tuple:
             return tuple(int(v) for v in text.split(",") if v.strip())
-        if kind is float:
-            value = float(text)
-            if not math.isfinite(value):
-                raise ValueError
-            return value
-        return kind(text)
+        value = kind(text) if kind is not bool else None
+        if value is None or (kind is float and not math.isfinite(value)):
+            raise ValueError
+        return value
     except ValueError:
         expected = {bool: "0 or 1", tuple: "comma-separated integers", int: "an integer", float: "a finite number"}[kind]
         raise InputError(f"{env_name}={text!r} is not valid: expected {expected}") from None
-
 
 # ----------------------------------------------------------------------------- data (§2)
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 
-
 def atomic_write(files: dict):
-    """Writes {path: bytes} all or none: each to a temporary file beside its path, then all renamed.
-    A failed write (disk full) leaves every path as it was and stops the run with a RunError."""
+    """Writes {path: bytes} all or none (temporary files, then renamed); a failure is a RunError."""
     temps, replaced = {}, []
     try:
         for path, data in files.items():
@@ -295,7 +277,6 @@ def atomic_write(files: dict):
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
 
-
 def shard_bytes(tokens) -> bytes:
     """A shard in the challenge format: 256 int32 header (magic, version, count), uint16 tokens."""
     tokens = np.asarray(tokens)
@@ -304,7 +285,6 @@ def shard_bytes(tokens) -> bytes:
     header = np.zeros(256, dtype="<i4")
     header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
     return header.tobytes() + tokens.astype("<u2").tobytes()
-
 
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
@@ -321,11 +301,9 @@ def shard_token_count(path) -> int:
                          f"({SHARD_HEADER_BYTES + 2 * count} bytes): truncated or corrupt")
     return int(count)
 
-
 def read_shard(path) -> np.ndarray:
     """A shard's tokens, mapped from disk (read as they are used)."""
     return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(shard_token_count(path),))
-
 
 def existing_file(path, what: str) -> Path:
     """path, if it is a file; otherwise an InputError saying what it is instead."""
@@ -335,7 +313,6 @@ def existing_file(path, what: str) -> Path:
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
     return path
-
 
 def list_shards(data_path, split: str) -> list[Path]:
     """The sorted `fineweb_{split}_*.bin` files under DATA_PATH, every header checked."""
@@ -352,36 +329,26 @@ def list_shards(data_path, split: str) -> list[Path]:
         raise InputError(f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
     return files
 
-
 def check_token_ids(files, vocab_size: int, rt: Runtime):
-    """Stops the run at start if a shard holds a token id >= VOCAB_SIZE (another tokenizer's data),
-    rather than when the shard is first read. Each rank reads its share of the shards; one
-    all-reduce gives every rank each shard's largest id."""
+    """Stops at start on a token id >= VOCAB_SIZE; each rank reads its share of the shards."""
     largest = torch.zeros(len(files), dtype=torch.float64)
     for i in range(rt.rank, len(files), rt.world_size):
         largest[i] = float(read_shard(files[i]).max(initial=0))
-    if rt.world_size > 1:
-        largest = largest.to(rt.device)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    for f, top in zip(files, largest.tolist()):
+    for f, top in zip(files, rt.agree_max(*largest)):
         if top >= vocab_size:
             raise InputError(f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A host tensor on the device, copied without waiting (pinned, non-blocking) on CUDA."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
-class TokenStream:
-    """The shards as one endless stream of tokens, in file order, wrapping around."""
+class DistributedTokenLoader:
+    """The shards as one endless stream in file order: each micro-step takes world_size x (local_tokens + 1)
+    consecutive tokens, and rank r uses the r-th slice."""
 
-    def __init__(self, files):
-        self.files = list(files)
+    def __init__(self, files, rank: int, world_size: int, device: torch.device):
+        self.files, self.rank, self.world_size, self.device = list(files), rank, world_size, device
         self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0])
-
-    def state(self) -> tuple[int, int]:
-        return self.file_idx, self.pos
-
-    def restore(self, state: tuple[int, int]):
-        if state[0] != self.file_idx:
-            self.tokens = read_shard(self.files[state[0]])
-        self.file_idx, self.pos = state
 
     def take(self, n: int) -> np.ndarray:
         parts = []
@@ -394,39 +361,23 @@ class TokenStream:
             self.pos, n = self.pos + k, n - k
         return np.concatenate(parts)
 
-
-def to_device(t: Tensor, device: torch.device) -> Tensor:
-    """A host tensor on the device, copied without waiting (pinned, non-blocking) on CUDA."""
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
-
-class DistributedTokenLoader:
-    """Each micro-step takes world_size x (local_tokens + 1) consecutive tokens; rank r uses the
-    r-th slice, inputs = slice[:-1] and targets = slice[1:], as (-1, seq_len)."""
-
-    def __init__(self, files, rank: int, world_size: int, device: torch.device):
-        self.stream, self.rank, self.world_size, self.device = TokenStream(files), rank, world_size, device
-
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
         span = local_tokens + 1
-        chunk = self.stream.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
+        chunk = self.take(span * self.world_size)[self.rank * span:(self.rank + 1) * span]
         local = to_device(torch.from_numpy(chunk.astype(np.int64)), self.device)
         return local[:-1].view(-1, seq_len), local[1:].view(-1, seq_len)
 
-    def state(self):
-        return self.stream.state()
+    def state(self) -> tuple[int, int]:
+        return self.file_idx, self.pos
 
-    def restore(self, state):
-        self.stream.restore(state)
-
+    def restore(self, state: tuple[int, int]):
+        if state[0] != self.file_idx:
+            self.tokens = read_shard(self.files[state[0]])
+        self.file_idx, self.pos = state
 
 class CoprimeLoader:
-    """A later record's loader (§2). Each shard is read in passes, as blocks of seq_len + 1 tokens
-    from a random phase, block (start + k * stride) mod blocks at its k-th read, gcd(stride, blocks)
-    = 1, so that a pass reads every block once. Each draw takes its windows from several shards
-    (8 at first, 64 after COPRIME_RAMP_STEPS draws), chosen with weights (blocks left)^alpha (alpha
-    0.9 -> 0.5), in equal shares, interleaved; micro-batch m of the 8 is windows m::8, and rank r
-    reads micro-batches r, r + world_size, ...: the same sequences whatever the world size."""
+    """A later record's loader (§2): each step's windows from 8 -> 64 shards, each shard read once per pass
+    in coprime-stride order; the same sequences whatever the world size."""
 
     def __init__(self, files, rank: int, world_size: int, device: torch.device, seed: int, ramp_steps: int):
         self.shards, self.rank, self.world_size, self.device = [read_shard(f) for f in files], rank, world_size, device
@@ -480,22 +431,18 @@ class CoprimeLoader:
     def restore(self, state):
         self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
 
-
 def make_loader(files, args: Hyperparameters, rt: Runtime):
     if args.loader == "coprime":
         return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
     return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
-
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
-    """The val shards (their first `limit` targets if limit > 0), truncated to a whole number of
-    sequences plus one token."""
+    """The val shards (their first `limit` targets if limit > 0), cut to whole sequences plus one token."""
     tokens = np.concatenate([read_shard(f) for f in files])
     usable = (min(len(tokens) - 1, limit or len(tokens)) // seq_len) * seq_len
     if usable <= 0:
         raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
-
 
 # ----------------------------------------------------------------------------- bits per byte (§3)
 
@@ -508,7 +455,6 @@ def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
     if sp.vocab_size() != vocab_size:
         raise InputError(f"tokenizer {path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
     return sp
-
 
 class TokenBytes:
     """How many UTF-8 bytes each target token stands for, from the SentencePiece model (§3)."""
@@ -538,7 +484,6 @@ class TokenBytes:
         space = self.leading_space[target] & ~self.boundary[prev]
         return (self.base[target] + space).to(torch.float64)
 
-
 class BpbMeter:
     """Sums NLL (nats), targets and bytes in float64 across ranks; every evaluation reports here."""
 
@@ -557,30 +502,23 @@ class BpbMeter:
             dist.all_reduce(self.sums)
         return loss_and_bpb(self.sums)
 
-
 def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
-    """(nats per target, bits per byte) from sums of [nll, targets, bytes]; a non-finite loss (the
-    weights are not finite) stops the run."""
+    """(nats per target, bits per byte) from sums of [nll, targets, bytes]; a non-finite loss stops the run."""
     nll, targets, nbytes = sums.tolist()
     if not math.isfinite(nll):
         raise RunError(f"evaluation loss is {nll}: the model's weights are not finite")
     return nll / targets, nll / math.log(2) / nbytes
 
-
 # ----------------------------------------------------------------------------- model (§4)
 
 ROPE_REFERENCE_LEN = 1024
 
-
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
-
 def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
-    """Late QAT (§5). Forward: the per-row int6 quantisation of w. Backward: identity (straight-
-    through), or, once soft_round = [on, tau] (a tensor, so that switching takes effect inside
-    compiled code) is on, the gradient of the surrogate
-    s * clamp(floor(u) + sigmoid((u - floor(u) - 0.5) / tau), -31, 31), u = w / s, s constant."""
+    """Late QAT (§5): forward the per-row int6 rounding of w; backward straight-through, or once
+    soft_round = [on, tau] is on, the gradient of the soft-round surrogate (a tensor: read inside compiled code)."""
     on, tau = soft_round[0], soft_round[1]
     s = (w.detach().abs().amax(dim=1, keepdim=True) / 31).clamp_min(1 / 31)
     u = w / s
@@ -590,12 +528,9 @@ def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
     grad_path = torch.where(on > 0, surrogate, w)
     return grad_path + (hard - grad_path).detach()
 
-
 class CastedLinear(nn.Linear):
-    """Linear layer without bias: fp32 weight, matmul in the activation dtype, int6 fake
-    quantisation in training mode while late QAT is on. qat is a Python flag: a compiled model
-    holds one graph with the fake quantiser and one without (warm-up priming builds both), so
-    that it costs nothing before QAT; soft_round is a tensor, read inside the graph."""
+    """Bias-free linear, fp32 weight, int6 fake quantisation while late QAT is on (qat is a Python flag:
+    a compiled model holds a graph with and one without it, both built in warm-up priming)."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -606,7 +541,6 @@ class CastedLinear(nn.Linear):
         w = fake_quant_int6(self.weight, self.soft_round) if self.training and self.qat else self.weight
         return F.linear(x, w.to(x.dtype))
 
-
 def rotary(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
     """cos, sin (fp32) of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
     if seq_len > ROPE_REFERENCE_LEN:
@@ -615,25 +549,20 @@ def rotary(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, T
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
     return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
 
-
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[j], x[j + half]) of the first rope_dims dims: (a cos + b sin, b cos - a sin),
-    the tables cast to x's dtype."""
+    """Rotates pairs (x[j], x[j + half]) of the first rope_dims dims: (a cos + b sin, b cos - a sin)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = cos.size(-1)
     a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     return torch.cat((a * cos + b * sin, b * cos - a * sin, rest), dim=-1)
 
-
 def attention_backend(choice: str, device: torch.device) -> str:
-    """The kernel ATTENTION=choice runs on this device: "fa3" (FlashAttention-3) or "sdpa".
-    auto takes FA3 where it imports, on CUDA; fa3 without FA3 is an InputError."""
+    """The kernel ATTENTION=choice runs on this device: fa3 (FlashAttention-3, where it imports) or sdpa."""
     if choice == "fa3" and flash_attn_3 is None:
         raise InputError("ATTENTION=fa3 but flash_attn_interface (FlashAttention-3) does not import")
     if choice == "auto":
         return "fa3" if flash_attn_3 is not None and device.type == "cuda" else "sdpa"
     return choice
-
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, choice: str = "auto") -> Tensor:
     """q (B, T, H, D), k and v (B, T, Hkv, D); query head h reads KV head h // (H / Hkv)."""
@@ -644,14 +573,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, choice: str = "auto") -> T
                                        is_causal=True, enable_gqa=True)
     return y.transpose(1, 2)
 
-
 def remove_value_direction(y: Tensor, v: Tensor) -> Tensor:
     """XSA: subtract from each head's output its projection on its KV head's unit value vector."""
     B, T, H, D = y.shape
     y = y.view(B, T, v.size(2), -1, D)
     vn = F.normalize(v, dim=-1).unsqueeze(3)
     return (y - (y * vn).sum(-1, keepdim=True) * vn).view(B, T, H, D)
-
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: Hyperparameters, use_xsa: bool):
@@ -679,7 +606,6 @@ class CausalSelfAttention(nn.Module):
             y = remove_value_direction(y, v)
         return self.proj(y.reshape(B, T, -1))
 
-
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -688,7 +614,6 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(F.leaky_relu(self.fc(x), 0.5).square())
-
 
 class Block(nn.Module):
     def __init__(self, args: Hyperparameters, index: int):
@@ -729,10 +654,8 @@ class Block(nn.Module):
         m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(mix[0] * M + mix[1] * x0) * f)
         return r[1] * A + p[1, 0] * m, r[1] * M + p[1, 1] * m
 
-
 class Repeat(nn.Module):
-    """Depth recurrence (§4): what a second pass through a block does not share with it, its MLP
-    and scalars; copied from the block when the repeats switch on."""
+    """Depth recurrence (§4): a second pass's own MLP and scalars, copied from its block at switch-on."""
 
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -742,27 +665,25 @@ class Repeat(nn.Module):
         self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
         self.mlp = MLP(dim, int(args.mlp_mult * dim))
 
-
 def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
     """(36313 * cur XOR 27191 * prev) mod (table_size - 1) in int32; position 0 gets table_size - 1."""
     t = ids.to(torch.int32)
     h = torch.bitwise_xor(36313 * t[:, 1:], 27191 * t[:, :-1]) % (table_size - 1)
     return torch.cat([torch.full_like(t[:, :1], table_size - 1), h], dim=1)
 
+class ProjectedEmbedding(nn.Module):
+    """A scaled embedding table projected to another width: of hashed token pairs (the bigram hash) at the
+    input, and of tokens (the value embedding) added to the values of the last attention layers."""
 
-class BigramHash(nn.Module):
-    """A hashed embedding of (previous, current) token pairs, projected to the model width."""
-
-    def __init__(self, table_size: int, dim: int, model_dim: int):
+    def __init__(self, table_size: int, dim: int, out_dim: int, scale: float):
         super().__init__()
-        self.scale = nn.Parameter(torch.tensor(0.05))
+        self.scale = nn.Parameter(torch.tensor(scale))
         self.embed = nn.Embedding(table_size, dim)
-        self.proj = CastedLinear(dim, model_dim)
+        self.proj = CastedLinear(dim, out_dim)
 
     def forward(self, ids: Tensor) -> Tensor:
-        x = self.proj(self.embed(bigram_hash(ids, self.embed.num_embeddings)))
+        x = self.proj(self.embed(ids))
         return x * self.scale.to(x.dtype)
-
 
 class SmearGate(nn.Module):
     """Mixes each position with the previous one through a learned per-channel gate."""
@@ -775,21 +696,6 @@ class SmearGate(nn.Module):
         g = torch.sigmoid(self.gate.to(x.dtype))
         return (1 - g) * x + g * F.pad(x[:, :-1], (0, 0, 1, 0))
 
-
-class ValueEmbedding(nn.Module):
-    """A token embedding added to the values of the last attention layers."""
-
-    def __init__(self, vocab_size: int, dim: int, kv_dim: int):
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(0.1))
-        self.embed = nn.Embedding(vocab_size, dim)
-        self.proj = CastedLinear(dim, kv_dim)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        x = self.proj(self.embed(ids))
-        return x * self.scale.to(x.dtype)
-
-
 class GPT(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
@@ -798,12 +704,12 @@ class GPT(nn.Module):
         self.logit_softcap, self.rope_dims, self.rope_base = args.logit_softcap, args.rope_dims, args.rope_base
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, n - self.num_encoder), dim))
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
-        self.bigram = BigramHash(args.bigram_vocab_size, args.bigram_dim, dim)
+        self.bigram = ProjectedEmbedding(args.bigram_vocab_size, args.bigram_dim, dim, 0.05)
         self.smear = SmearGate(dim)
         self.blocks = nn.ModuleList(Block(args, i) for i in range(n))
         self.ve_index = {layer: j for j, layer in enumerate(args.ve_layers)} if args.ve_enabled else {}
         if self.ve_index:
-            self.ve_shared = ValueEmbedding(args.vocab_size, args.ve_dim, args.num_kv_heads * args.head_dim)
+            self.ve_shared = ProjectedEmbedding(args.vocab_size, args.ve_dim, args.num_kv_heads * args.head_dim, 0.1)
             self.ve_layer_scales = nn.ParameterList(nn.Parameter(torch.ones(1)) for _ in self.ve_index)
         self._init_weights(args)
         self.recur_layers, self.recurring, self.ln_scale = list(args.recur_layers), False, args.ln_scale
@@ -861,7 +767,7 @@ class GPT(nn.Module):
 
     def hidden(self, ids: Tensor) -> Tensor:
         """The last block's output (B, T, D)."""
-        x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(ids)))
+        x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(bigram_hash(ids, self.bigram.embed.num_embeddings))))
         x0, skips = x, []
         ve = self.ve_shared(ids) if self.ve_index else None
         rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
@@ -888,13 +794,11 @@ class GPT(nn.Module):
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
     def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        """Cross-entropy of the targets (ignoring those set to -100): their mean or sum, or with
-        reduction="none" the NLL of each target, shaped like targets. Targets may be those of the
-        last positions only (as the sliding evaluation scores): the head then runs on those alone."""
+        """Cross-entropy of the targets (-100 ignored): mean, sum or per target (reduction="none"); targets of the last
+        positions only run the head on those alone."""
         logits = self.head(self.hidden(ids)[:, ids.size(1) - targets.size(1):])
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll
-
 
 def build_model(args: Hyperparameters) -> GPT:
     """The model for these hyperparameters, initialised from SEED: fp32, on the CPU."""
@@ -902,10 +806,8 @@ def build_model(args: Hyperparameters) -> GPT:
         torch.manual_seed(args.seed)
         return GPT(args)
 
-
 def place_model(model: GPT, rt: Runtime) -> GPT:
-    """Moves the model to the device; where training runs in bf16 (CUDA) the embedding tables live
-    in bf16 (§4)."""
+    """Moves the model to the device; where training runs in bf16 the embedding tables are bf16 (§4)."""
     model.to(rt.device)
     if rt.bf16:
         for module in model.modules():
@@ -913,25 +815,20 @@ def place_model(model: GPT, rt: Runtime) -> GPT:
                 module.bfloat16()
     return model
 
-
 def compiles(args: Hyperparameters, device: torch.device) -> bool:
     """COMPILE: 1 compiles, 0 does not, auto compiles on CUDA."""
     return args.compile == "1" or (args.compile == "auto" and device.type == "cuda")
 
-
 def compile_model(model: GPT, args: Hyperparameters, device: torch.device) -> GPT:
-    """Compiles the model in place where COMPILE says so: every forward, training, evaluation and
-    TTT, runs compiled. Static shapes: the evaluations pad their batches."""
+    """Compiles the model in place where COMPILE says so (static shapes: the evaluations pad their batches)."""
     if compiles(args, device):
         model.compile(dynamic=False, fullgraph=True)
     return model
 
-
 # ----------------------------------------------------------------------------- optimisers (§5)
 
 def newton_schulz5(g: Tensor, steps: int, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> Tensor:
-    """Approximately orthogonalise each matrix of g (..., rows, cols) by the quintic Newton-Schulz
-    iteration, in dtype: bf16 where training runs in bf16 (the record), else fp32 (CPUs emulate bf16)."""
+    """Approximately orthogonalises each matrix of g by the quintic Newton-Schulz iteration, in dtype."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(dtype)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -943,10 +840,8 @@ def newton_schulz5(g: Tensor, steps: int, dtype: torch.dtype = torch.float32, ep
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if transposed else x
 
-
 def deal_out(sizes: list[int], world_size: int) -> list[list[int]]:
-    """The indices of the matrices each rank orthogonalises: largest first, each to the rank with the
-    fewest elements so far, so that the shares (and the padding of the reduce-scatter) stay even."""
+    """Each rank's matrices: largest first, each to the rank with the fewest elements so far."""
     loads, shares = [0] * world_size, [[] for _ in range(world_size)]
     for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
         rank = loads.index(min(loads))
@@ -954,17 +849,13 @@ def deal_out(sizes: list[int], world_size: int) -> list[list[int]]:
         loads[rank] += sizes[i]
     return [sorted(share) for share in shares]
 
-
 # torch 2.13 renamed the single-tensor collectives; earlier versions have only the old names
 reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
-
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)), with
-    decoupled weight decay; one group of matrices. Across ranks (the record's scheme) the matrices
-    are dealt out: one reduce-scatter gives each rank its share's gradients summed over ranks, the
-    rank orthogonalises them (matrices of one shape together), one all-gather shares the updates."""
+    """Nesterov momentum orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)), decoupled weight
+    decay. Across ranks: one reduce-scatter sums each rank's share, one all-gather shares the updates."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
                  update_dtype: torch.dtype = torch.float32, compiled: bool = False):
@@ -996,8 +887,7 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def sum_gradients(self) -> Tensor:
-        """Reduce-scatters the gradients (a missing one counts as zeros): afterwards this rank holds
-        its share's gradients summed over ranks. Returns their squared norm, for clipping."""
+        """Reduce-scatters the gradients: this rank holds its share summed over ranks; returns its squared norm."""
         grads = {i: p.grad if p.grad is not None else torch.zeros_like(p) for i, p in enumerate(self.matrices)}
         dtype = self.matrices[0].dtype
         if self.world_size == 1:
@@ -1035,20 +925,13 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_add_(params, [flat[self.offsets[i]:][:p.numel()].view_as(p) for i, p in enumerate(params)], alpha=-lr)
         self.summed = None
 
-
-@dataclass(frozen=True)
-class Optimizers:
+class Optimizers(NamedTuple):
     """Muon for the matrices, AdamW for the rest; iterating gives both."""
     muon: Muon
     adam: torch.optim.AdamW
 
-    def __iter__(self):
-        return iter((self.muon, self.adam))
-
-
 def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimizers:
-    """Muon for every linear weight, orthogonalising in bf16 where training runs in bf16, compiled
-    where the model is; fused AdamW for the embedding tables and for all the rest."""
+    """Muon for every linear weight; fused AdamW for the embedding tables and for all the rest."""
     matrices = [m.weight for m in model.modules() if isinstance(m, CastedLinear)]
     tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding)]
     taken = {id(p) for p in matrices + tables}
@@ -1062,12 +945,10 @@ def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimize
             group["base_lr"] = group["lr"]
     return Optimizers(muon, adam)
 
-
 def set_lr_scale(optimizers, scale: float):
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * scale
-
 
 # ----------------------------------------------------------------------------- training helpers (§5)
 
@@ -1094,13 +975,11 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
     def agree_max(self, *values) -> list[float]:
-        """The largest of each value (number or 0-d tensor) over all ranks, in one all-reduce, so
-        that ranks take the same decisions."""
+        """The largest of each value over all ranks, in one all-reduce: ranks take the same decisions."""
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
         if self.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.tolist()
-
 
 def setup_runtime() -> Runtime:
     """Rank, world size and device from torchrun's environment; joins the process group."""
@@ -1119,10 +998,8 @@ def setup_runtime() -> Runtime:
                                 device_id=device if device.type == "cuda" else None)
     return Runtime(rank, world_size, device, bf16=device.type == "cuda")
 
-
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
-    """Warmdown factor (§5): with a wallclock cap, the last WARMDOWN_ITERS steps' worth of time at
-    the measured step time decays linearly to 0; without, the last WARMDOWN_ITERS iterations."""
+    """Warmdown factor (§5): linear to 0 over the last WARMDOWN_ITERS steps (in time, with a wallclock cap)."""
     if args.warmdown_iters == 0:
         return 1.0
     if args.max_wallclock_seconds == 0:
@@ -1131,10 +1008,8 @@ def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     remaining_ms = max(1000 * args.train_seconds - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 
-
 def sum_gradients(params: list[Tensor], rt: Runtime) -> Tensor:
-    """Sums the gradients over ranks, one flat all-reduce per dtype (not one per tensor; a missing
-    gradient counts as zeros). Returns their squared norm, for clipping."""
+    """Sums the gradients over ranks, one flat all-reduce per dtype; returns their squared norm."""
     square = torch.zeros((), device=rt.device)
     for dtype in dict.fromkeys(p.dtype for p in params):  # the same order on every rank
         group = [p for p in params if p.dtype == dtype]
@@ -1146,17 +1021,13 @@ def sum_gradients(params: list[Tensor], rt: Runtime) -> Tensor:
         square += flat.float().square().sum()
     return square
 
-
 def clip_gradients(grads: list[Tensor], square: Tensor, max_norm: float):
     """Scales the gradients by max_norm / (norm + 1e-6) where that is below 1, as clip_grad_norm_."""
     if max_norm > 0:
         torch._foreach_mul_(grads, (max_norm / (square.sqrt() + 1e-6)).clamp(max=1.0))
 
-
 def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt: Runtime) -> Tensor:
-    """One optimiser step over this rank's micro-batches; returns their mean loss. Each loss is
-    divided by the micro-batch count of all ranks, so that gradients summed over ranks are the
-    batch mean: Muon sums the matrices' (reduce-scatter), one all-reduce sums the rest."""
+    """One optimiser step over this rank's micro-batches; returns their mean loss."""
     total = torch.zeros((), device=rt.device)
     for x, y in batches:
         with rt.autocast():
@@ -1174,13 +1045,10 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
         opt.zero_grad(set_to_none=True)
     return total / len(batches)
 
-
 def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader, args: Hyperparameters,
                  rt: Runtime):
-    """WARMUP_STEPS real steps to compile and warm up kernels, every other one with late QAT on, and
-    with RECUR_LAYERS every other pair with the repeats on (their graphs, too, are built before the
-    timed run), then restore the initial weights, optimiser states, switches and data stream
-    exactly: the run starts as if they never happened."""
+    """WARMUP_STEPS real steps that build every compiled graph (late QAT and the repeats off and on), then
+    restores the weights, optimiser states, switches and data stream exactly."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     stream = loader.state()
@@ -1197,7 +1065,6 @@ def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoa
         opt.load_state_dict(state)
     loader.restore(stream)
 
-
 def start_recurrence(model: GPT, ema: EMA, log, when: str):
     """The repeats switch on as copies of their blocks, in the model and in its EMA."""
     model.start_recurrence()
@@ -1205,10 +1072,8 @@ def start_recurrence(model: GPT, ema: EMA, log, when: str):
         ema.weights[repeat] = ema.weights[block].clone()
     log(f"recurrence:enabled {when} layers:{','.join(map(str, model.recur_layers))} virtual_layers:{len(model.passes())}")
 
-
 def float_weights(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().float() for k, v in model.state_dict().items()}
-
 
 class EMA:
     """Exponential moving average of all weights, in fp32."""
@@ -1219,7 +1084,6 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module):
         torch._foreach_lerp_(list(self.weights.values()), list(float_weights(model).values()), 1 - self.decay)
-
 
 class SWA:
     """Plain average of the weight snapshots it is given, in fp32."""
@@ -1240,7 +1104,6 @@ class SWA:
     def weights(self) -> dict[str, Tensor]:
         return {k: v / self.count for k, v in self.sums.items()}
 
-
 # ----------------------------------------------------------------------------- artifact (§6)
 
 SUBMISSION_LIMIT_BYTES = 16_000_000
@@ -1248,18 +1111,14 @@ ARTIFACT_PATH, RAW_MODEL_PATH = Path("final_model.int6.ptz"), Path("final_model.
 INT6_CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 INT8_CLIP_QUANTILE = 0.9999984
 
-
 def quant_kind(name: str, t: Tensor, passthrough_max_numel: int = Hyperparameters.passthrough_max_numel) -> str:
     """passthrough (small or non-float), int6 (attention and MLP matrices) or int8 (the rest)."""
     if not t.is_floating_point() or t.numel() <= passthrough_max_numel or t.ndim != 2:
         return "passthrough"
     return "int6" if any(part in name for part in (".attn.", ".mlp.", ".proj.")) else "int8"
 
-
 def best_scale_per_row(w: Tensor, max_q: int, clip_quantiles, levels, error) -> tuple[Tensor, Tensor]:
-    """For each candidate clip quantile of |w| along the rows, the fp16 row scales
-    s = max(clip / max_q, 1 / max_q) and their integer levels(s); each row keeps the candidate whose
-    error(w - q s) is least (per row, so never worse than one choice for the whole tensor)."""
+    """Per row, the fp16 scale of the clip quantile of |w| whose levels(scale) give the least error."""
     best_q = best_scale = best_err = None
     for quantile in clip_quantiles:
         clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
@@ -1273,18 +1132,15 @@ def best_scale_per_row(w: Tensor, max_q: int, clip_quantiles, levels, error) -> 
             best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
 
-
 def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor]:
     """Per-row symmetric rounding; each row keeps the clip quantile with the lowest squared error."""
     w = w.float()
     return best_scale_per_row(w, max_q, clip_quantiles, lambda s: torch.clamp(torch.round(w / s[:, None]), -max_q, max_q),
                               lambda e: e.square().sum(dim=1))
 
-
 def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 128) -> Tensor:
-    """GPTQ's integer levels of w (columns in act order) with row scales: column by column, each
-    rounding error, divided by U[j, j], is spread over the later columns through U, the upper
-    Cholesky factor of H^-1; in blocks of columns, the columns after a block updated once for it."""
+    """GPTQ's integer levels of w (columns in act order): each rounding error is spread over the later
+    columns through U, the upper Cholesky factor of H^-1, in blocks of columns."""
     w, q = w.clone(), torch.zeros_like(w)
     for start in range(0, w.shape[1], block):
         stop = min(start + block, w.shape[1])
@@ -1296,11 +1152,9 @@ def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 12
         w[:, stop:] -= errors @ u[start:stop, stop:]
     return q
 
-
 def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor] | None:
-    """Full-Hessian GPTQ (§6) of w (out x in), H = mean X^T X of its inputs: dead columns zeroed, 1 %
-    damping, act order, row scales from the clip quantiles of |w|, each row keeping the scale with
-    the least H-weighted error (w - q s) H (w - q s)^T. None if the damped H is not positive definite."""
+    """Full-Hessian GPTQ (§6) of w with H = mean X^T X: 1 % damping, act order, H-weighted scale choice;
+    None if the damped H is not positive definite."""
     w, h = w.float().clone(), h.float().cpu().clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1
@@ -1318,11 +1172,9 @@ def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Ten
         return q
     return best_scale_per_row(w, max_q, clip_quantiles, levels, lambda e: ((e @ h) * e).sum(dim=1))
 
-
 @torch.no_grad()
 def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str, Tensor]:
-    """H = mean over tokens of X^T X, X the input of each linear layer, keyed by its weight's
-    state-dict name; batches: token ids (B, T) run through the model. Averaged over ranks with rt."""
+    """H = mean X^T X of each linear layer's input, keyed by its weight's name; averaged over ranks with rt."""
     sums, handles, tokens = {}, [], 0
 
     def accumulate(name):
@@ -1348,12 +1200,9 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
             h /= rt.world_size
     return hessians
 
-
 def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int],
                 rt: Runtime | None) -> dict:
-    """GPTQ of the matrices named in max_qs (name: largest level), dealt out to ranks by cost (rows x
-    columns^2), each rank doing its share; every rank gets {name: (q, scale), or None where the
-    Cholesky failed}."""
+    """GPTQ of the matrices in max_qs (name: largest level), dealt out to ranks by cost; every rank gets all."""
     (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
     if not names:  # clip search only (every rank agrees: the Hessians are the same on all): no collective
         return {}
@@ -1366,16 +1215,11 @@ def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_
     dist.all_gather_object(parts, mine)
     return {name: found for part in parts for name, found in part.items()}
 
-
 def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: int = Hyperparameters.passthrough_max_numel,
                         hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None,
                         int6_matrices: int = 0) -> dict:
-    """The artifact container: {"w": tensors, "m": meta}; NAME.q and NAME.scale for quantised tensors.
-    An int6 matrix with an entry in hessians is quantised by GPTQ (shared out over rt's ranks, which
-    must all call this), else (or where GPTQ fails, said to log) by clip search; bits < 6 narrows
-    their range, for comparing quantisers (same container). int6_matrices > 0 keeps that many
-    matrices at `bits`, those whose H has the largest trace (the most sensitive), and gives the
-    rest one bit less (still stored as "int6", values in the narrower range)."""
+    """The artifact container {"w": tensors, "m": meta} (§6): int6 matrices by GPTQ where hessians has them
+    (every rank of rt calls this), else clip search; int6_matrices > 0 narrows all but that many (by trace of H)."""
     weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
     names = [n for n, t in state_dict.items() if n in (hessians or {}) and quant_kind(n, t, passthrough_max_numel) == "int6"]
     narrowed = sorted(names, key=lambda n: -float(hessians[n].trace()))[int6_matrices:] if int6_matrices else []
@@ -1397,7 +1241,6 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
         weights[name + ".q"], weights[name + ".scale"], meta[name] = *found, {"type": kind}
     return {"w": weights, "m": meta}
 
-
 def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[str, Tensor]:
     """A state dict with the names, shapes and dtypes of `template` from an artifact container."""
     weights, meta = container["w"], container["m"]
@@ -1416,15 +1259,12 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
         out[name] = t.to(ref.dtype)
     return out
 
-
 def serialize(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
 
-
 BROTLI_HEADER = b"BSHF"  # starts a brotli artifact; a zstd one starts with zstd's frame magic
-
 
 def brotli_module(why: str):
     """The brotli package, imported only where it is used; an InputError saying why if missing."""
@@ -1434,7 +1274,6 @@ def brotli_module(why: str):
         raise InputError(f"{why} needs the brotli package: pip install brotli") from None
     return brotli
 
-
 def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
     """The bytes at even positions, then those at odd positions (or, undo, back again)."""
     if not undo:
@@ -1443,38 +1282,29 @@ def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
     out[0::2], out[1::2] = raw[:half], raw[half:]
     return bytes(out)
 
-
 def compress_artifact(container: dict, compressor: str = "zstd") -> bytes:
-    """The artifact's bytes: torch.save, then zstd level 22; or for brotli, the 'BSHF' header and
-    brotli quality 11 of the serialised bytes shuffled, even positions first, then odd ones."""
+    """torch.save, then zstd level 22, or the 'BSHF' header and brotli quality 11 of the byte-shuffled bytes."""
     raw = serialize(container)
     if compressor == "brotli":
         return BROTLI_HEADER + brotli_module("COMPRESSOR=brotli").compress(byte_shuffle(raw), quality=11)
     return zstandard.ZstdCompressor(level=22).compress(raw)
-
 
 def artifact_compressor(path) -> str:
     """brotli or zstd, by the artifact's header."""
     with open(path, "rb") as f:
         return "brotli" if f.read(len(BROTLI_HEADER)) == BROTLI_HEADER else "zstd"
 
-
 def kind_counts(container: dict) -> str:
     """How many tensors of each kind an artifact holds, for the log."""
     kinds = [m if m == "passthrough" else m["type"] for m in container["m"].values()]
     return " ".join(f"{kind}:{kinds.count(kind)}" for kind in ("int6", "int8", "passthrough"))
 
-
 # compressed bytes per payload byte, the mean over 3 trained proxy artifacts (docs/proxy.md)
 COMPRESSION_RATIO = {"zstd": 0.7302, "brotli": 0.6766}
 
-
 def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple[int, str]:
-    """The artifact's bytes, estimated before training from the tensors' shapes: the payload (int6
-    values at 6 bits, int8 at 8, fp16 row scales and passthrough tensors at their size) times the
-    compressor's ratio measured on trained proxy artifacts; and the arithmetic, for the log. With
-    INT6_MATRICES, the int5 ones are taken to be the smallest (which ones is known only after
-    training), so the estimate is an upper bound."""
+    """The artifact's bytes estimated from shapes: the payload times the compressor's measured ratio (an upper
+    bound with INT6_MATRICES: the int5 matrices taken to be the smallest); and the arithmetic, for the log."""
     counts, payload_bits, int6 = {"int6": 0, "int5": 0, "int8": 0, "passthrough": 0}, 0, []
     for name, t in state_dict.items():
         kind = quant_kind(name, t, args.passthrough_max_numel)
@@ -1491,7 +1321,6 @@ def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple
     estimate = round(payload_bits / 8 * ratio)
     return estimate, (" ".join(f"{k}:{v}" for k, v in counts.items() if v or k != "int5") +
                       f" params, payload {payload_bits // 8} bytes x {ratio} ({args.compressor}) = {estimate} bytes")
-
 
 def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
@@ -1521,10 +1350,8 @@ def load_artifact(path) -> dict:
         raise InputError(f"artifact {path} refused: not a {{'w': tensors, 'm': meta}} container of this format")
     return container
 
-
 def code_bytes() -> int:
     return len(Path(__file__).read_bytes())
-
 
 # ----------------------------------------------------------------------------- evaluation (§7)
 
@@ -1532,24 +1359,16 @@ def rank_share(n: int, rt: Runtime) -> slice:
     """This rank's contiguous share of n items."""
     return slice(n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size)
 
-
 def sliding_windows(n_targets: int, seq_len: int, stride: int) -> tuple[Tensor, Tensor]:
-    """Window starts, and per window the offset of its first scored target: the first window
-    scores all its targets, every later one (stride further) only its last `stride` (the very last
-    one fewer), so every target is scored exactly once, with at least seq_len - stride context."""
+    """Window starts and each window's first scored target: every target scored once, with >= seq_len - stride context."""
     ends = torch.cat([torch.tensor([seq_len]), torch.arange(seq_len + stride, n_targets + stride, stride).clamp_max(n_targets)])
     return ends - seq_len, seq_len - ends.diff(prepend=torch.tensor([0]))
-
 
 @torch.inference_mode()
 def score_windows(model: GPT, val_tokens: Tensor, starts: Tensor, score_from: Tensor, seq_len: int,
                   meter: BpbMeter, batch: int, rt: Runtime, stride: int | None = None):
-    """Adds to `meter` the NLL and bytes of the targets at positions >= score_from of each window
-    val_tokens[start : start + seq_len + 1] (val_tokens on the device). Windows go `batch` at a
-    time, the last batch padded with windows that score nothing (one shape for the compiled
-    forward); the scored positions are worked out on the host, so no batch waits for the device.
-    With a stride, a batch whose windows score only their last `stride` targets (all but the first
-    sliding window) runs the output head on those positions alone."""
+    """Adds to meter the NLL and bytes of each window's targets from score_from on, `batch` windows at a time
+    (padded: one shape for the compiled forward); with a stride, the head runs on the last `stride` positions alone."""
     was_training = model.training
     model.eval()
     offsets = torch.arange(seq_len + 1, device=rt.device)
@@ -1567,12 +1386,9 @@ def score_windows(model: GPT, val_tokens: Tensor, starts: Tensor, score_from: Te
         meter.add(*(t.flatten()[scored] for t in (nll, x[:, -tail:], y)))
     model.train(was_training)
 
-
 def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime,
              stride: int | None = None) -> tuple[float, float]:
-    """(val_loss, val_bpb) over the validation tokens, windows split across ranks, at most
-    VAL_BATCH_SIZE tokens in flight over all ranks. Standard (§7.1): consecutive EVAL_SEQ_LEN
-    sequences; with a stride, sliding windows (§7.2)."""
+    """(val_loss, val_bpb): consecutive EVAL_SEQ_LEN sequences (§7.1), or with a stride sliding windows (§7.2)."""
     seq_len, n_targets = args.eval_seq_len, val_tokens.numel() - 1
     if stride is None:
         starts = torch.arange(n_targets // seq_len) * seq_len
@@ -1585,12 +1401,8 @@ def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hype
                   max(1, args.val_batch_size // (rt.world_size * seq_len)), rt, stride)
     return meter.result()
 
-
 def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor, args: Hyperparameters, rt: Runtime):
-    """TTT_EPOCHS epochs of SGD on the chunk's sequences (tokens on the device). Each step takes a
-    global batch of up to TTT_TRAIN_BATCH_SEQS sequences split across ranks, so the steps do not
-    depend on world size; every rank runs the same number of rows, padded with ignored targets
-    (one shape for the compiled forward)."""
+    """TTT_EPOCHS epochs of SGD on a chunk: global batches of TTT_TRAIN_BATCH_SEQS split over ranks (padded)."""
     seq_len = args.eval_seq_len
     n_seqs = (tokens.numel() - 1) // seq_len
     step_seqs = min(args.ttt_train_batch_seqs, n_seqs)
@@ -1611,12 +1423,9 @@ def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor,
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-
 def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime,
                  log=None) -> tuple[float, float, Tensor]:
-    """Legal score-first test-time training (§7.3). The sliding windows are grouped into chunks of
-    TTT_CHUNK_TOKENS targets (by their first scored target); each chunk is scored with the current
-    weights, and only then trained on, so its score depends only on the chunks before it.
+    """Legal score-first TTT (§7.3): each chunk of TTT_CHUNK_TOKENS targets is scored, then trained on.
     Returns (val_loss, val_bpb, per-chunk sums of [nll, targets, bytes])."""
     seq_len, chunk_tokens, n_targets = args.eval_seq_len, args.ttt_chunk_tokens, val_tokens.numel() - 1
     starts, score_from = sliding_windows(n_targets, seq_len, args.eval_stride)
@@ -1655,7 +1464,6 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
         dist.all_reduce(sums)
     return *loss_and_bpb(sums.sum(dim=0)), sums
 
-
 def final_evaluations(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
     """The three scored evaluations of the model holding the artifact's weights (§7), each timed."""
     evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
@@ -1669,7 +1477,6 @@ def final_evaluations(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, a
         rt.synchronize()
         log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
         log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
-
 
 # ----------------------------------------------------------------------------- main
 
@@ -1699,15 +1506,13 @@ class Logger:
 
     @contextmanager
     def failures(self):
-        """A RunError ends the log with its ERROR line (where the log can still be written) before
-        it stops the run."""
+        """A RunError ends the log with its ERROR line before it stops the run."""
         try:
             yield
         except RunError as e:
             with suppress(RunError):
                 self(f"ERROR: {e}", console=False)
             raise
-
 
 def log_environment(log: Logger):
     """The source of this script, versions and GPUs, ahead of the run (§8)."""
@@ -1719,12 +1524,9 @@ def log_environment(log: Logger):
         log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
     log("=" * 100, console=False)
 
-
 def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, token_bytes: TokenBytes, log,
           clock) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
-    """Trains for ITERATIONS steps or MAX_WALLCLOCK_SECONDS of training time, then the late burst
-    (§5). Returns the average to apply ("ema" or "swa"), its weights in fp32, and with
-    QUANT_METHOD=gptq the Hessians of the averaged model (calibrate)."""
+    """Trains (§5); returns the average to apply (ema or swa), its fp32 weights, and with GPTQ its Hessians."""
     loader = make_loader(train_files, args, rt)
     model = compile_model(place_model(build_model(args), rt), args, rt.device)
     optimizers = build_optimizers(model, args, rt)
@@ -1817,11 +1619,9 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     model.load_state_dict(weights)
     return average, weights, calibrate(model, loader, training_ms, args, rt, log, clock)
 
-
 @torch.no_grad()
 def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
-    """n sequences of TRAIN_SEQ_LEN tokens sampled from the model at temperature 0.8, each from a
-    random first token (seeded by SEED and rank): calibration text that reads no data."""
+    """n sequences sampled from the model at temperature 0.8 from random first tokens: calibration without data."""
     g = torch.Generator(device=rt.device).manual_seed(args.seed + rt.rank)
     ids = torch.randint(args.vocab_size, (n, 1), generator=g, device=rt.device)
     for _ in range(args.train_seq_len - 1):
@@ -1830,12 +1630,9 @@ def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
         ids = torch.cat([ids, torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1, generator=g)], dim=1)
     return ids
 
-
 def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
               log, clock) -> dict[str, Tensor]:
-    """GPTQ's Hessians (§6) of the model, from GPTQ_SEQUENCES sequences shared out over ranks: the
-    next ones of the training stream, taken only while the training time (the loop's, plus this)
-    stays within MAX_WALLCLOCK_SECONDS; or sequences the model generates, after training."""
+    """GPTQ's Hessians (§6): from the next training sequences while the wallclock allows, or generated text."""
     model.eval()
     per_rank, t0 = -(-args.gptq_sequences // rt.world_size), clock()
     if args.gptq_calibration == "self":
@@ -1860,12 +1657,9 @@ def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader, traini
         f"train_time:{training_ms + calibration_ms:.0f}ms")
     return hessians
 
-
 def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameters, rt: Runtime, log,
                hessians: dict[str, Tensor] | None = None):
-    """Rank 0 writes the averaged weights raw (final_model.pt) and as the int6 artifact (§6),
-    GPTQ where hessians are given (its matrices shared out over the ranks), both files or neither;
-    every rank learns whether that worked."""
+    """Rank 0 writes the raw weights and the artifact (§6), both or neither; every rank learns whether it worked."""
     failure, t0 = "", time.perf_counter()
     container = (quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt, int6_matrices=args.int6_matrices)
                  if hessians or rt.is_main else None)
@@ -1883,7 +1677,6 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
                 log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
     if rt.agree_max(float(bool(failure)))[0]:
         raise RunError(failure or "rank 0 could not write the model files")
-
 
 def main(clock=time.perf_counter):
     args = Hyperparameters()
@@ -1939,7 +1732,6 @@ def main(clock=time.perf_counter):
     if rt.world_size > 1:
         dist.barrier()  # no rank tears its group down while another still talks to it
         dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     try:

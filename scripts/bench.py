@@ -6,7 +6,9 @@
     COMPILE=1 torchrun --standalone --nproc_per_node=2 scripts/bench.py  # CPU, compiled as on a GPU (slow to compile)
     python scripts/bench.py --config default --chunks 50 --repeat 1  # the record's model (needs FineWeb)
 
-Prints one table: training ms/step, with several ranks the bytes each rank sends per step, tokens/s
+Prints one table: training ms/step, the training ms/step of each of the later records' options
+against the default (raced in the same run: parallel residuals from block 7, depth recurrence of
+blocks 4,5 with the repeats on, the coprime-stride loader), with several ranks the bytes each rank sends per step, tokens/s
 of the standard, sliding and TTT evaluations, and the time to quantise and compress the weights; for
 each, ours, the baseline and the ratio, and what both reach. Below it, the arithmetic floor of a
 training step.
@@ -292,9 +294,9 @@ def race(fns, repeat: int, rt, reset=lambda i: None):
 
 
 def trainer(model, args, rt, previous: bool = False):
-    """run(n): n training steps of a path on its own stream, from the start; their mean loss.
+    """run(n): n training steps of a path on its own stream (LOADER's), from the start; their mean loss.
     Ours (train_step), or with previous=True this project's previous step (DDP, AllReduceMuon)."""
-    loader = tg.DistributedTokenLoader(tg.list_shards(args.data_path, "train"), rt.rank, rt.world_size, rt.device)
+    loader = tg.make_loader(tg.list_shards(args.data_path, "train"), args, rt)
     optimizers, runner, step = tg.build_optimizers(model, args, rt), model, tg.train_step
     if previous:
         optimizers, step = previous_optimizers(model, args, rt), previous_train_step
@@ -307,6 +309,23 @@ def trainer(model, args, rt, previous: bool = False):
                   for _ in range(n)]
         return torch.stack(losses).mean().item()
     return run
+
+
+OPTIONS = {"PARALLEL_FROM=7": dict(parallel_from=7), "RECUR_LAYERS=4,5 (on)": dict(recur_layers=(4, 5), warmup_steps=4),
+           "LOADER=coprime": dict(loader="coprime")}
+
+
+def option_setups(args, rt) -> dict:
+    """Per option of OPTIONS: (its hyperparameters, a model built with them as a run builds it), the
+    recurrence's repeats switched on, as after RECUR_STEP."""
+    setups = {}
+    for name, overrides in OPTIONS.items():
+        option_args = tg.Hyperparameters(**{**args.as_dict(), **overrides})
+        model = tg.compile_model(tg.place_model(tg.build_model(option_args), rt), option_args, rt.device)
+        if option_args.recur_layers:
+            model.start_recurrence()
+        setups[name] = option_args, model
+    return setups
 
 
 def matmul_rate(device: torch.device) -> float:
@@ -362,9 +381,10 @@ def parse_args(argv=None):
                                                     "(default: all with --config smoke, 50 with --config default)")
     parser.add_argument("--repeat", type=int, default=3,
                         help="timed runs of each path, interleaved; the fastest counts")
-    parser.add_argument("--skip", default="", help="comma-separated rows to leave out: train,standard,sliding,ttt,quantise")
+    parser.add_argument("--skip", default="", help="comma-separated rows to leave out: "
+                                                   "train,options,standard,sliding,ttt,quantise")
     opts = parser.parse_args(argv)
-    unknown = set(filter(None, opts.skip.split(","))) - {"train", "standard", "sliding", "ttt", "quantise"}
+    unknown = set(filter(None, opts.skip.split(","))) - {"train", "options", "standard", "sliding", "ttt", "quantise"}
     if unknown:
         parser.error(f"--skip: unknown rows {sorted(unknown)}")
     return opts
@@ -419,6 +439,18 @@ def main(argv=None):
                 sent.append(counter.sent)
             rows.append(("collectives", "MB/step", sent[0] / 1e6, sent[1] / 1e6, sent[1] / sent[0],
                          f"bytes each rank sends, ring model; ours {sent[0] / sent[1]:.1%} of previous"))
+
+    if "options" not in skip:  # each option against the default, raced: the step-time cost of each
+        default_run = trainer(ours(), args, rt)
+        if opts.warmup:
+            default_run(opts.warmup)
+        for name, (option_args, model) in option_setups(args, rt).items():
+            option_run = trainer(model, option_args, rt)
+            if opts.warmup:
+                option_run(opts.warmup)
+            (_, option_s), (_, default_s) = race([lambda: option_run(steps), lambda: default_run(steps)], opts.repeat, rt)
+            rows.append((name, "ms/step", 1000 * option_s / steps, 1000 * default_s / steps, default_s / option_s,
+                         f"training step; baseline: the default; {sum(p.numel() for p in model.parameters()):,} parameters"))
 
     model = plain()  # the evaluations score weights trained a few steps, the same for both paths
     trainer(model, args, rt)(3)

@@ -242,7 +242,8 @@ def by_weight_mse(best_scale_per_row):
 def quant(opts) -> int:
     """Quantisers compared on one checkpoint: per bit width, clip search, GPTQ with either
     calibration, and GPTQ choosing each row's scale by plain weight MSE (the records' choice) rather
-    than by the H-weighted error; roundtrip val_bpb on the first --val-tokens held-out targets (the
+    than by the H-weighted error, and with --int6-matrices N GPTQ (train) keeping only the N matrices of
+    largest trace(H) at the width and the rest one bit narrower; roundtrip val_bpb on the first --val-tokens held-out targets (the
     configuration's VAL_TOKENS by default, 0: all), its gap to the unquantised weights, artifact
     bytes, quantisation seconds. Deterministic: no seed noise."""
     import torch
@@ -279,13 +280,16 @@ def quant(opts) -> int:
     lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets; "
              + ", ".join(f"{name} calibration {seconds:.1f} s" for name, (_, seconds) in calibrations.items()), "",
              "| bits | quantiser | roundtrip bpb | gap | artifact bytes | quantise s |", "|---|---|---|---|---|---|"]
-    quantisers = [("clip", None, tg.best_scale_per_row)] + [(n, h, tg.best_scale_per_row) for n, (h, _) in calibrations.items()]
-    quantisers.append(("gptq (train), MSE choice", calibrations["gptq (train)"][0], by_weight_mse(tg.best_scale_per_row)))
+    quantisers = [("clip", None, tg.best_scale_per_row, 0)] + [(n, h, tg.best_scale_per_row, 0) for n, (h, _) in calibrations.items()]
+    quantisers.append(("gptq (train), MSE choice", calibrations["gptq (train)"][0], by_weight_mse(tg.best_scale_per_row), 0))
+    if opts.int6_matrices:
+        quantisers.append((f"gptq (train), {opts.int6_matrices} matrices at the width, the rest 1 bit less",
+                           calibrations["gptq (train)"][0], tg.best_scale_per_row, opts.int6_matrices))
     for width in bits:
-        for name, hessians, choose in quantisers:
+        for name, hessians, choose, keep in quantisers:
             t0 = time.perf_counter()
             with patch.object(tg, "best_scale_per_row", choose):
-                container = tg.quantize_state_dict(weights, args.passthrough_max_numel, hessians, bits=width)
+                container = tg.quantize_state_dict(weights, args.passthrough_max_numel, hessians, bits=width, int6_matrices=keep)
             seconds = time.perf_counter() - t0
             blob = tg.compress_artifact(container)
             model.load_state_dict(tg.dequantize_state_dict(container, model.state_dict()))
@@ -302,6 +306,8 @@ def main(argv=None) -> int:
         parser.add_argument("--checkpoint", required=True, help="a final_model.pt written by a proxy run")
         parser.add_argument("--quick", action="store_true", help="the checkpoint is of the quick configuration")
         parser.add_argument("--bits", default="6", help="bit widths of the int6 matrices to compare, e.g. 6,5,4")
+        parser.add_argument("--int6-matrices", type=int, default=0, help="also GPTQ (train) with only this many "
+                                                                              "matrices at the width (INT6_MATRICES)")
         parser.add_argument("--val-tokens", type=int, help="held-out targets to score (default: the configuration's "
                                                             "VAL_TOKENS; 0: all)")
         opts = parser.parse_args(argv[1:])

@@ -8,7 +8,7 @@ import torch
 
 import train_gpt
 from conftest import CPU, write_shard
-from train_gpt import (DistributedTokenLoader, InputError, TokenStream, atomic_write, check_token_ids, list_shards,
+from train_gpt import (DistributedTokenLoader, InputError, atomic_write, check_token_ids, list_shards,
                        load_validation_tokens, read_shard, shard_token_count)
 
 MAGIC, VERSION = 20240520, 1
@@ -185,7 +185,7 @@ def three_shards(tmp_path):
 
 def test_token_stream_crosses_shards_and_wraps(three_shards):
     files, _ = three_shards
-    stream = TokenStream(files)
+    stream = DistributedTokenLoader(files, 0, 1, CPU)
     assert stream.take(4).tolist() == [0, 1, 2, 3]
     assert stream.take(8).tolist() == list(range(4, 12))           # across the first boundary
     assert stream.take(10).tolist() == list(range(12, 22))         # exactly to the end
@@ -196,7 +196,7 @@ def test_token_stream_crosses_shards_and_wraps(three_shards):
 
 def test_token_stream_state_restore(three_shards):
     files, _ = three_shards
-    stream = TokenStream(files)
+    stream = DistributedTokenLoader(files, 0, 1, CPU)
     stream.take(7)
     saved = stream.state()
     first = stream.take(30).tolist()
@@ -206,7 +206,7 @@ def test_token_stream_state_restore(three_shards):
     stream.take(3)
     later = stream.state()
     expected = stream.take(13).tolist()
-    fresh = TokenStream(files)
+    fresh = DistributedTokenLoader(files, 0, 1, CPU)
     fresh.restore(later)
     assert fresh.take(13).tolist() == expected
     fresh.restore((0, 0))

@@ -94,14 +94,18 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     # the fixed-checkpoint comparison reproduces the run's own roundtrip, gap and artifact size, and
     # compares GPTQ with both calibrations at each bit width asked for
     result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--bits", "6,4",
-                         "--checkpoint", str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
+                         "--int6-matrices", "32", "--checkpoint", str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets; gptq \(train\) calibration [\d.]+ s, "
                                   r"gptq \(self\) calibration [\d.]+ s", result.stdout)[1])
     assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
-    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)|gptq \(train\), MSE choice) "
+    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)|gptq \(train\), MSE choice|gptq \(train\), 32 matrices at the width, the rest 1 bit less) "
                                                    r"\| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)}
-    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice"))
+    mixed = "gptq (train), 32 matrices at the width, the rest 1 bit less"
+    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice", mixed))
+    # INT6_MATRICES=32 of 66: a smaller artifact, a larger gap than GPTQ with every matrix at the width
+    full, narrow = rows[("6", "gptq (train)")], rows[("6", mixed)]
+    assert int(narrow[5].replace(",", "")) < int(full[5].replace(",", "")) and float(narrow[4]) > float(full[4])
     clip = rows[("6", "clip")]
     assert float(clip[3]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
     assert float(clip[4]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)

@@ -279,3 +279,18 @@ def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
     ours, previous = float(rows["collectives"][3]), float(rows["collectives"][4])
     assert ours < previous and float(rows["collectives"][5][:-1]) == pytest.approx(previous / ours, rel=0.02)
     assert float(re.search(r"\(diff (\S+)\)", rows["ttt eval"][6])[1]) <= 1e-6
+
+
+def test_the_option_rows_train_each_option_as_a_run_builds_it(tiny_data):
+    """bench's option rows: each model carries its option (lanes from block 7, the repeats on, the
+    coprime loader), and a training step of each runs."""
+    args = tiny_args(num_layers=11, data_path=str(tiny_data))
+    setups = bench.option_setups(args, ONE)
+    assert list(setups) == list(bench.OPTIONS)
+    (p_args, parallel), (r_args, recurring), (c_args, _) = setups.values()
+    assert [b.parallel for b in parallel.blocks] == [False] * 7 + [True] * 4 and p_args.parallel_from == 7
+    assert recurring.recurring and len(recurring.passes()) == 13 and r_args.recur_layers == (4, 5)
+    assert c_args.loader == "coprime" and isinstance(tg.make_loader(tg.list_shards(tiny_data, "train"), c_args, ONE),
+                                                     tg.CoprimeLoader)
+    for option_args, model in setups.values():
+        assert torch.isfinite(torch.tensor(bench.trainer(model, option_args, ONE)(1)))

@@ -64,13 +64,13 @@ def test_warmup_prime_restores_everything(tiny_env, tiny_data):
     model, optimizers, loader = fresh()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     opt_states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    stream = loader.stream.state()
+    stream = loader.state()
 
     seen = []  # during priming: did the weights move, did the optimisers hold state, did the stream advance?
 
     def hook(module, inputs):
         moved = any(not torch.equal(v, weights[k]) for k, v in module.state_dict().items())
-        seen.append((moved, [len(opt.state) for opt in optimizers], loader.stream.state()))
+        seen.append((moved, [len(opt.state) for opt in optimizers], loader.state()))
 
     handle = model.register_forward_pre_hook(hook)
     tg.warmup_prime(model, optimizers, loader, args, rt)
@@ -89,7 +89,7 @@ def test_warmup_prime_restores_everything(tiny_env, tiny_data):
         state = opt.state_dict()
         assert state["state"] == {} and len(opt.state) == 0
         assert state["param_groups"] == before["param_groups"]
-    assert loader.stream.state() == stream
+    assert loader.state() == stream
 
     # the run continues exactly as if priming never happened
     ref_model, ref_optimizers, ref_loader = fresh()
