@@ -51,8 +51,7 @@ class InputError(RunError):
     """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
 
 class Hyperparameters:
-    """Every knob of a run (§8), the defaults the record's: read from upper-case environment variables
-    (keyword arguments win), checked, read-only."""
+    """Every knob of a run (§8), the record's defaults: from upper-case environment variables (keyword args win); read-only."""
 
     # data and run
     data_path: str = "./data/datasets/fineweb10B_sp1024"
@@ -187,7 +186,7 @@ class Hyperparameters:
         for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
                      "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
-                     "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences").split():
+                     "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences adam_eps").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
                      "xsa_last_n parallel_from coprime_ramp_steps recur_step muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
@@ -197,15 +196,13 @@ class Hyperparameters:
             need(getattr(self, name) >= 0, f"{name.upper()} must be >= 0, got {getattr(self, name)}")
         for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum".split():
             need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
-        need(self.adam_eps > 0, f"ADAM_EPS must be > 0, got {self.adam_eps}")
         need(re.fullmatch(r"[\w.-]+", self.run_id) is not None, f"RUN_ID={self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         for name, *choices in (spec.split() for spec in ("compile auto 0 1", "attention auto fa3 sdpa", "weight_avg ema swa",
                                "quant_method clip gptq", "compressor zstd brotli", "loader stream coprime", "gptq_calibration train self")):
             need(getattr(self, name) in choices, f"{name.upper()} must be {', '.join(choices[:-1])} or {choices[-1]}, got {getattr(self, name)!r}")
         need(self.int6_matrices == 0 or self.quant_method == "gptq",
              f"INT6_MATRICES={self.int6_matrices} ranks matrices by their Hessians: it needs QUANT_METHOD=gptq")
-        need(not (self.quant_method == "gptq" and self.gptq_calibration == "train" and self.max_wallclock_seconds
-                  and self.gptq_reserve_seconds >= self.max_wallclock_seconds),
+        need(not self.max_wallclock_seconds or self.train_seconds > 0,
              f"GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds}")
         need(self.tie_embeddings, "TIE_EMBEDDINGS=0 is not supported: this recipe ties the output head to tok_emb")
         need(self.vocab_size <= 65536, f"VOCAB_SIZE must be <= 65536 (uint16 shards), got {self.vocab_size}")
@@ -320,11 +317,9 @@ def list_shards(data_path, split: str) -> list[Path]:
     if not root.is_dir():
         raise InputError(f"DATA_PATH {root} is not a directory (download the data, or build the sample "
                          "with: python data/make_sample.py)")
-    files = sorted(root.glob(f"fineweb_{split}_*.bin"))
+    files = [existing_file(f, "shard") for f in sorted(root.glob(f"fineweb_{split}_*.bin"))]
     if not files:
         raise InputError(f"DATA_PATH {root} holds no fineweb_{split}_*.bin shards")
-    for f in files:
-        existing_file(f, "shard")
     if sum(shard_token_count(f) for f in files) == 0:
         raise InputError(f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
     return files
@@ -343,8 +338,7 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 class DistributedTokenLoader:
-    """The shards as one endless stream in file order: each micro-step takes world_size x (local_tokens + 1)
-    consecutive tokens, and rank r uses the r-th slice."""
+    """The shards as one stream in file order: each micro-step takes world_size x (local_tokens + 1) tokens; rank r's slice."""
 
     def __init__(self, files, rank: int, world_size: int, device: torch.device):
         self.files, self.rank, self.world_size, self.device = list(files), rank, world_size, device
@@ -376,8 +370,7 @@ class DistributedTokenLoader:
         self.file_idx, self.pos = state
 
 class CoprimeLoader:
-    """A later record's loader (§2): each step's windows from 8 -> 64 shards, each shard read once per pass
-    in coprime-stride order; the same sequences whatever the world size."""
+    """A later record's loader (§2): steps from 8 -> 64 shards read in coprime-stride passes; the same at any world size."""
 
     def __init__(self, files, rank: int, world_size: int, device: torch.device, seed: int, ramp_steps: int):
         self.shards, self.rank, self.world_size, self.device = [read_shard(f) for f in files], rank, world_size, device
@@ -461,9 +454,7 @@ class TokenBytes:
 
     def __init__(self, sp: spm.SentencePieceProcessor):
         n = sp.vocab_size()
-        self.base = torch.zeros(n, dtype=torch.int64)
-        self.leading_space = torch.zeros(n, dtype=torch.bool)
-        self.boundary = torch.zeros(n, dtype=torch.bool)
+        self.base, self.leading_space, self.boundary = (torch.zeros(n, dtype=d) for d in (torch.int64, torch.bool, torch.bool))
         for i in range(n):
             if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
                 self.boundary[i] = True
@@ -488,8 +479,7 @@ class BpbMeter:
     """Sums NLL (nats), targets and bytes in float64 across ranks; every evaluation reports here."""
 
     def __init__(self, token_bytes: TokenBytes, device):
-        self.token_bytes = token_bytes.to(device)
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.token_bytes, self.sums = token_bytes.to(device), torch.zeros(3, dtype=torch.float64, device=device)
 
     def add(self, nll: Tensor, prev: Tensor, target: Tensor):
         self.sums[0] += nll.double().sum()
@@ -517,8 +507,7 @@ def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
-    """Late QAT (§5): forward the per-row int6 rounding of w; backward straight-through, or once
-    soft_round = [on, tau] is on, the gradient of the soft-round surrogate (a tensor: read inside compiled code)."""
+    """Late QAT (§5): per-row int6 rounding forward; backward straight-through, or soft-round once soft_round[0] > 0."""
     on, tau = soft_round[0], soft_round[1]
     s = (w.detach().abs().amax(dim=1, keepdim=True) / 31).clamp_min(1 / 31)
     u = w / s
@@ -529,8 +518,7 @@ def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
     return grad_path + (hard - grad_path).detach()
 
 class CastedLinear(nn.Linear):
-    """Bias-free linear, fp32 weight, int6 fake quantisation while late QAT is on (qat is a Python flag:
-    a compiled model holds a graph with and one without it, both built in warm-up priming)."""
+    """Bias-free fp32 linear, int6 fake quantised while qat (a Python flag: compiled graphs with and without, both primed)."""
 
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -560,17 +548,14 @@ def attention_backend(choice: str, device: torch.device) -> str:
     """The kernel ATTENTION=choice runs on this device: fa3 (FlashAttention-3, where it imports) or sdpa."""
     if choice == "fa3" and flash_attn_3 is None:
         raise InputError("ATTENTION=fa3 but flash_attn_interface (FlashAttention-3) does not import")
-    if choice == "auto":
-        return "fa3" if flash_attn_3 is not None and device.type == "cuda" else "sdpa"
-    return choice
+    return ("fa3" if flash_attn_3 is not None and device.type == "cuda" else "sdpa") if choice == "auto" else choice
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, choice: str = "auto") -> Tensor:
     """q (B, T, H, D), k and v (B, T, Hkv, D); query head h reads KV head h // (H / Hkv)."""
     if attention_backend(choice, q.device) == "fa3":
         out = flash_attn_3(q, k, v, causal=True)  # FA3 releases differ: a tensor, or (out, lse)
         return out[0] if isinstance(out, tuple) else out
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                       is_causal=True, enable_gqa=True)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True)
     return y.transpose(1, 2)
 
 def remove_value_direction(y: Tensor, v: Tensor) -> Tensor:
@@ -583,13 +568,11 @@ def remove_value_direction(y: Tensor, v: Tensor) -> Tensor:
 class CausalSelfAttention(nn.Module):
     def __init__(self, args: Hyperparameters, use_xsa: bool):
         super().__init__()
-        kv_dim = args.num_kv_heads * args.head_dim
+        dim, kv_dim = args.model_dim, args.num_kv_heads * args.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = args.num_heads, args.num_kv_heads, args.head_dim
         self.attention, self.use_xsa = args.attention, use_xsa
-        self.c_q = CastedLinear(args.model_dim, args.model_dim)
-        self.c_k = CastedLinear(args.model_dim, kv_dim)
-        self.c_v = CastedLinear(args.model_dim, kv_dim)
-        self.proj = CastedLinear(args.model_dim, args.model_dim, zero_init=True)
+        self.c_q, self.c_k, self.c_v = CastedLinear(dim, dim), CastedLinear(dim, kv_dim), CastedLinear(dim, kv_dim)
+        self.proj = CastedLinear(dim, dim, zero_init=True)
         self.q_gain = nn.Parameter(torch.full((args.num_heads,), args.qk_gain_init))
 
     def forward(self, x: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor], q_gain: Tensor | None = None) -> Tensor:
@@ -597,9 +580,7 @@ class CausalSelfAttention(nn.Module):
         q = rms_norm(self.c_q(x).view(B, T, self.num_heads, self.head_dim))
         k = rms_norm(self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim))
         v = self.c_v(x)
-        if ve is not None:
-            v = v + ve
-        v = v.view(B, T, self.num_kv_heads, self.head_dim)
+        v = (v if ve is None else v + ve).view(B, T, self.num_kv_heads, self.head_dim)
         q = apply_rotary(q, *rope) * (self.q_gain if q_gain is None else q_gain).to(q.dtype)[:, None]
         y = causal_attention(q, apply_rotary(k, *rope), v, self.attention)
         if self.use_xsa:
@@ -609,8 +590,7 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc = CastedLinear(dim, hidden)
-        self.proj = CastedLinear(hidden, dim, zero_init=True)
+        self.fc, self.proj = CastedLinear(dim, hidden), CastedLinear(hidden, dim, zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(F.leaky_relu(self.fc(x), 0.5).square())
@@ -619,8 +599,7 @@ class Block(nn.Module):
     def __init__(self, args: Hyperparameters, index: int):
         super().__init__()
         dim = args.model_dim
-        self.attn_scale = nn.Parameter(torch.ones(dim))
-        self.mlp_scale = nn.Parameter(torch.ones(dim))
+        self.attn_scale, self.mlp_scale = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
         self.resid_mix = nn.Parameter(torch.stack([torch.ones(dim), torch.zeros(dim)]))
         self.attn = CausalSelfAttention(args, use_xsa=index >= args.num_layers - args.xsa_last_n)
         self.mlp = MLP(dim, int(args.mlp_mult * dim))
@@ -630,17 +609,16 @@ class Block(nn.Module):
             self.lane_writes = nn.Parameter(torch.ones(2, 2))
             self.lane_keeps = nn.Parameter(torch.full((2,), math.sqrt(1.1)))
 
-    def attend(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor], own: nn.Module, f: float):
+    def mixed(self, own: nn.Module, x: Tensor, x0: Tensor) -> Tensor:
         mix = own.resid_mix.to(x.dtype)
-        x = mix[0] * x + mix[1] * x0
-        return x, own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
+        return mix[0] * x + mix[1] * x0
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor],
                 repeat: Repeat | None = None, ln_scale: float | None = None) -> Tensor:
         """With a Repeat: this block's attention weights with the repeat's MLP and scalars."""
         own, f = repeat or self, self.ln_scale if ln_scale is None else ln_scale
-        x, a = self.attend(x, x0, ve, rope, own, f)
-        x = x + a
+        x = self.mixed(own, x, x0)
+        x = x + own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
         return x + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)
 
     def forward_lanes(self, lanes: tuple[Tensor, Tensor], x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor],
@@ -648,10 +626,9 @@ class Block(nn.Module):
         """Parallel residuals (§4): attention reads lane A, the MLP lane M; each writes into both."""
         (A, M), p, r = lanes, self.lane_writes.to(lanes[0].dtype), self.lane_keeps.to(lanes[0].dtype)
         f = self.ln_scale if ln_scale is None else ln_scale
-        a = self.attend(A, x0, ve, rope, self, f)[1]
+        a = self.attn_scale.to(A.dtype) * self.attn(rms_norm(self.mixed(self, A, x0)) * f, ve, rope)
         A, M = r[0] * A + p[0, 0] * a, r[0] * M + p[0, 1] * a
-        mix = self.resid_mix.to(M.dtype)
-        m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(mix[0] * M + mix[1] * x0) * f)
+        m = self.mlp_scale.to(M.dtype) * self.mlp(rms_norm(self.mixed(self, M, x0)) * f)
         return r[1] * A + p[1, 0] * m, r[1] * M + p[1, 1] * m
 
 class Repeat(nn.Module):
@@ -672,14 +649,12 @@ def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
     return torch.cat([torch.full_like(t[:, :1], table_size - 1), h], dim=1)
 
 class ProjectedEmbedding(nn.Module):
-    """A scaled embedding table projected to another width: of hashed token pairs (the bigram hash) at the
-    input, and of tokens (the value embedding) added to the values of the last attention layers."""
+    """A scaled embedding projected to another width: of hashed token pairs (input), of tokens (added to late values)."""
 
     def __init__(self, table_size: int, dim: int, out_dim: int, scale: float):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(scale))
-        self.embed = nn.Embedding(table_size, dim)
-        self.proj = CastedLinear(dim, out_dim)
+        self.embed, self.proj = nn.Embedding(table_size, dim), CastedLinear(dim, out_dim)
 
     def forward(self, ids: Tensor) -> Tensor:
         x = self.proj(self.embed(ids))
@@ -726,11 +701,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.weight)
                 elif min(module.weight.shape) >= 64:
                     nn.init.orthogonal_(module.weight)
-        side_projections = [self.bigram.proj]
         if self.ve_index:
             nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
-            side_projections.append(self.ve_shared.proj)
-        for proj in side_projections:
+        for proj in [self.bigram.proj] + ([self.ve_shared.proj] if self.ve_index else []):
             proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
 
     def set_qat(self, enabled: bool, soft_round: bool, tau: float):
@@ -768,10 +741,9 @@ class GPT(nn.Module):
     def hidden(self, ids: Tensor) -> Tensor:
         """The last block's output (B, T, D)."""
         x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(bigram_hash(ids, self.bigram.embed.num_embeddings))))
-        x0, skips = x, []
+        x0, skips, lanes = x, [], None
         ve = self.ve_shared(ids) if self.ve_index else None
         rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
-        lanes = None
         for v, (i, repeat) in enumerate(self.passes()):
             block, j = self.blocks[i], self.ve_index.get(i)
             block_ve = None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype)
@@ -794,8 +766,7 @@ class GPT(nn.Module):
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
     def forward(self, ids: Tensor, targets: Tensor, reduction: str = "mean") -> Tensor:
-        """Cross-entropy of the targets (-100 ignored): mean, sum or per target (reduction="none"); targets of the last
-        positions only run the head on those alone."""
+        """Cross-entropy (-100 ignored): mean, sum or per target ("none"); fewer targets: the head runs on the last positions."""
         logits = self.head(self.hidden(ids)[:, ids.size(1) - targets.size(1):])
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll
@@ -854,8 +825,7 @@ reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_sca
 all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum orthogonalised by Newton-Schulz, scaled by sqrt(max(1, rows/cols)), decoupled weight
-    decay. Across ranks: one reduce-scatter sums each rank's share, one all-gather shares the updates."""
+    """Nesterov momentum, orthogonalised (Newton-Schulz), scaled by sqrt(max(1, rows/cols)), decoupled decay; sharded over ranks."""
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
                  update_dtype: torch.dtype = torch.float32, compiled: bool = False):
@@ -865,10 +835,9 @@ class Muon(torch.optim.Optimizer):
         self.shares = deal_out(sizes, self.world_size)
         self.share_numel = max(sum(sizes[i] for i in share) for share in self.shares)
         self.pads = [self.share_numel - sum(sizes[i] for i in share) for share in self.shares]
-        self.offsets = {}  # matrix index -> its place in the flat (world_size x share_numel) layout
-        for rank, share in enumerate(self.shares):
-            for i, offset in zip(share, np.cumsum([0] + [sizes[i] for i in share]).tolist()):
-                self.offsets[i] = rank * self.share_numel + offset
+        self.offsets = {i: rank * self.share_numel + offset  # matrix index -> its place in the flat layout
+                        for rank, share in enumerate(self.shares)
+                        for i, offset in zip(share, np.cumsum([0] + [sizes[i] for i in share]).tolist())}
         self.update_dtype = update_dtype
         self.orthogonalise = torch.compile(newton_schulz5, dynamic=False, fullgraph=True) if compiled else newton_schulz5
         self.summed = None  # this rank's share of the gradients, summed over ranks, flat
@@ -940,9 +909,8 @@ def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimize
                 update_dtype=torch.bfloat16 if rt.bf16 else torch.float32, compiled=compiles(args, rt.device))
     adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr), dict(params=scalars, lr=args.scalar_lr)],
                              betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd, fused=True)
-    for opt in (muon, adam):
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
+    for group in muon.param_groups + adam.param_groups:
+        group["base_lr"] = group["lr"]
     return Optimizers(muon, adam)
 
 def set_lr_scale(optimizers, scale: float):
@@ -974,12 +942,16 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def all_reduce(self, t: Tensor, op: str = "SUM") -> Tensor:
+        """t reduced (SUM or MAX) over the ranks in place, nothing to do in one process; returns t."""
+        if self.world_size > 1:
+            dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+        return t
+
     def agree_max(self, *values) -> list[float]:
         """The largest of each value over all ranks, in one all-reduce: ranks take the same decisions."""
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
-        if self.world_size > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.tolist()
+        return self.all_reduce(t, "MAX").tolist()
 
 def setup_runtime() -> Runtime:
     """Rank, world size and device from torchrun's environment; joins the process group."""
@@ -994,8 +966,7 @@ def setup_runtime() -> Runtime:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     return Runtime(rank, world_size, device, bf16=device.type == "cuda")
 
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
@@ -1014,9 +985,7 @@ def sum_gradients(params: list[Tensor], rt: Runtime) -> Tensor:
     for dtype in dict.fromkeys(p.dtype for p in params):  # the same order on every rank
         group = [p for p in params if p.dtype == dtype]
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in group])
-        if rt.world_size > 1:
-            dist.all_reduce(flat)
-        for p, grad in zip(group, flat.split([p.numel() for p in group])):
+        for p, grad in zip(group, rt.all_reduce(flat).split([p.numel() for p in group])):
             p.grad = grad.view_as(p)
         square += flat.float().square().sum()
     return square
@@ -1036,10 +1005,8 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
         total += loss.detach()
     rest = [p for group in optimizers.adam.param_groups for p in group["params"]]
     square, muon_square = sum_gradients(rest, rt), optimizers.muon.sum_gradients()
-    if grad_clip > 0:
-        if rt.world_size > 1:
-            dist.all_reduce(muon_square)  # each rank holds its share of the matrices
-        clip_gradients([optimizers.muon.summed] + [p.grad for p in rest], square + muon_square, grad_clip)
+    if grad_clip > 0:  # muon_square: this rank's share of the matrices, summed over ranks
+        clip_gradients([optimizers.muon.summed] + [p.grad for p in rest], square + rt.all_reduce(muon_square), grad_clip)
     for opt in optimizers:
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -1047,11 +1014,9 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
 
 def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader, args: Hyperparameters,
                  rt: Runtime):
-    """WARMUP_STEPS real steps that build every compiled graph (late QAT and the repeats off and on), then
-    restores the weights, optimiser states, switches and data stream exactly."""
+    """WARMUP_STEPS real steps building every compiled graph; weights, optimiser states, switches and data then restored."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    states = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-    stream = loader.state()
+    states, stream = [copy.deepcopy(opt.state_dict()) for opt in optimizers], loader.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for i in range(args.warmup_steps):
         model.set_qat(i % 2 == 1, False, args.soft_round_tau)
@@ -1093,11 +1058,7 @@ class SWA:
 
     @torch.no_grad()
     def add(self, model: nn.Module):
-        weights = float_weights(model)
-        if self.sums is None:
-            self.sums = {k: v.clone() for k, v in weights.items()}
-        else:
-            torch._foreach_add_(list(self.sums.values()), list(weights.values()))
+        self.sums = {k: v.clone() if self.sums is None else self.sums[k] + v for k, v in float_weights(model).items()}
         self.count += 1
 
     @property
@@ -1139,8 +1100,7 @@ def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor
                               lambda e: e.square().sum(dim=1))
 
 def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 128) -> Tensor:
-    """GPTQ's integer levels of w (columns in act order): each rounding error is spread over the later
-    columns through U, the upper Cholesky factor of H^-1, in blocks of columns."""
+    """GPTQ's levels of w (act order): each rounding error spread over later columns via U = chol(H^-1) (upper), blockwise."""
     w, q = w.clone(), torch.zeros_like(w)
     for start in range(0, w.shape[1], block):
         stop = min(start + block, w.shape[1])
@@ -1153,8 +1113,7 @@ def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 12
     return q
 
 def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor] | None:
-    """Full-Hessian GPTQ (§6) of w with H = mean X^T X: 1 % damping, act order, H-weighted scale choice;
-    None if the damped H is not positive definite."""
+    """Full-Hessian GPTQ (§6), H = mean X^T X: 1 % damping, act order, H-weighted scale choice; None if H fails Cholesky."""
     w, h = w.float().clone(), h.float().cpu().clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1
@@ -1175,16 +1134,13 @@ def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Ten
 @torch.no_grad()
 def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str, Tensor]:
     """H = mean X^T X of each linear layer's input, keyed by its weight's name; averaged over ranks with rt."""
-    sums, handles, tokens = {}, [], 0
+    sums, tokens = {}, 0
+    names = {module: name + ".weight" for name, module in model.named_modules() if isinstance(module, CastedLinear)}
 
-    def accumulate(name):
-        def hook(module, inputs):
-            x = inputs[0].detach().flatten(0, -2).float()
-            sums[name] = sums.get(name, 0) + x.T @ x
-        return hook
-    for name, module in model.named_modules():
-        if isinstance(module, CastedLinear):
-            handles.append(module.register_forward_pre_hook(accumulate(name + ".weight")))
+    def hook(module, inputs):
+        x = inputs[0].detach().flatten(0, -2).float()
+        sums[names[module]] = sums.get(names[module], 0) + x.T @ x
+    handles = [module.register_forward_pre_hook(hook) for module in names]
     try:
         for ids in batches:
             with rt.autocast() if rt else nullcontext():
@@ -1196,12 +1152,10 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
     hessians = {name: h / max(tokens, 1) for name, h in sums.items()}
     if rt is not None and rt.world_size > 1:
         for h in hessians.values():
-            dist.all_reduce(h)
-            h /= rt.world_size
+            rt.all_reduce(h).div_(rt.world_size)
     return hessians
 
-def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int],
-                rt: Runtime | None) -> dict:
+def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int], rt: Runtime | None) -> dict:
     """GPTQ of the matrices in max_qs (name: largest level), dealt out to ranks by cost; every rank gets all."""
     (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
     if not names:  # clip search only (every rank agrees: the Hessians are the same on all): no collective
@@ -1233,11 +1187,10 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
         if kind == "passthrough":
             weights[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
             continue
-        found = by_gptq.get(name)
-        if found is None and name in by_gptq and log is not None:
+        if name in by_gptq and by_gptq[name] is None and log is not None:
             log(f"gptq: {name}: H is not positive definite after damping; clip search instead")
-        if found is None:
-            found = quantize_rows(t, max_qs.get(name, max_q), INT6_CLIP_QUANTILES) if kind == "int6" else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,))
+        found = by_gptq.get(name) or (quantize_rows(t, max_qs.get(name, max_q), INT6_CLIP_QUANTILES) if kind == "int6"
+                                      else quantize_rows(t, 127, (INT8_CLIP_QUANTILE,)))
         weights[name + ".q"], weights[name + ".scale"], meta[name] = *found, {"type": kind}
     return {"w": weights, "m": meta}
 
@@ -1326,17 +1279,13 @@ def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
     path = existing_file(path, "artifact")
     data = path.read_bytes()
-    if data.startswith(BROTLI_HEADER):
-        brotli = brotli_module(f"artifact {path} is brotli-compressed: loading it")
-        try:
-            raw = byte_shuffle(brotli.decompress(data[len(BROTLI_HEADER):]), undo=True)
-        except brotli.error as e:
-            raise InputError(f"artifact {path} is not a complete brotli stream (truncated or corrupt: {e})") from None
-    else:
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(data)
-        except zstandard.ZstdError as e:
-            raise InputError(f"artifact {path} is not a complete zstd stream (truncated or corrupt: {e})") from None
+    brotli = data.startswith(BROTLI_HEADER) and brotli_module(f"artifact {path} is brotli-compressed: loading it")
+    name, error = ("brotli", brotli.error) if brotli else ("zstd", zstandard.ZstdError)
+    try:
+        raw = (byte_shuffle(brotli.decompress(data[len(BROTLI_HEADER):]), undo=True) if brotli
+               else zstandard.ZstdDecompressor().decompress(data))
+    except error as e:
+        raise InputError(f"artifact {path} is not a complete {name} stream (truncated or corrupt: {e})") from None
     try:
         container = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses any object that is not plain data
@@ -1395,16 +1344,14 @@ def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hype
         score_from = torch.zeros_like(starts)
     else:
         starts, score_from = sliding_windows(n_targets, seq_len, stride)
-    mine = rank_share(len(starts), rt)
-    meter = BpbMeter(token_bytes, rt.device)
+    mine, meter = rank_share(len(starts), rt), BpbMeter(token_bytes, rt.device)
     score_windows(model, val_tokens.to(rt.device), starts[mine], score_from[mine], seq_len, meter,
                   max(1, args.val_batch_size // (rt.world_size * seq_len)), rt, stride)
     return meter.result()
 
 def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor, args: Hyperparameters, rt: Runtime):
     """TTT_EPOCHS epochs of SGD on a chunk: global batches of TTT_TRAIN_BATCH_SEQS split over ranks (padded)."""
-    seq_len = args.eval_seq_len
-    n_seqs = (tokens.numel() - 1) // seq_len
+    seq_len, n_seqs = args.eval_seq_len, (tokens.numel() - 1) // args.eval_seq_len
     step_seqs = min(args.ttt_train_batch_seqs, n_seqs)
     rows = -(-step_seqs // rt.world_size)
     tokens = F.pad(tokens, (0, rows * seq_len))  # room for the padding rows of the last step
@@ -1425,44 +1372,34 @@ def ttt_train_chunk(model: GPT, optimizer, params: list[Tensor], tokens: Tensor,
 
 def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime,
                  log=None) -> tuple[float, float, Tensor]:
-    """Legal score-first TTT (§7.3): each chunk of TTT_CHUNK_TOKENS targets is scored, then trained on.
-    Returns (val_loss, val_bpb, per-chunk sums of [nll, targets, bytes])."""
+    """Score-first TTT (§7.3): each chunk scored, then trained on; (val_loss, val_bpb, per-chunk [nll, targets, bytes] sums)."""
     seq_len, chunk_tokens, n_targets = args.eval_seq_len, args.ttt_chunk_tokens, val_tokens.numel() - 1
     starts, score_from = sliding_windows(n_targets, seq_len, args.eval_stride)
     n_chunks = -(-n_targets // chunk_tokens)
     bounds = torch.searchsorted((starts + score_from) // chunk_tokens, torch.arange(n_chunks + 1)).tolist()
     frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze_blocks))
-    params = []
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(frozen))
-        if p.requires_grad:
-            params.append(p)
+    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
     model.eval()  # QAT is off, and the fake quantiser is all that eval mode turns off
     val_tokens, token_bytes = val_tokens.to(rt.device), token_bytes.to(rt.device)
     batch = max(1, args.val_batch_size // (rt.world_size * seq_len))
-    sums = torch.zeros(n_chunks, 3, dtype=torch.float64, device=rt.device)
-    t0 = time.perf_counter()
+    sums, t0 = torch.zeros(n_chunks, 3, dtype=torch.float64, device=rt.device), time.perf_counter()
     for c in range(n_chunks):
         mine = rank_share(bounds[c + 1] - bounds[c], rt)
         window_ids = slice(bounds[c] + mine.start, bounds[c] + mine.stop)
         meter = BpbMeter(token_bytes, rt.device)
-        score_windows(model, val_tokens, starts[window_ids], score_from[window_ids], seq_len, meter, batch, rt,
-                      args.eval_stride)
+        score_windows(model, val_tokens, starts[window_ids], score_from[window_ids], seq_len, meter, batch, rt, args.eval_stride)
         sums[c] = meter.sums
         if c < n_chunks - 1 and args.ttt_epochs > 0:
-            for group in optimizer.param_groups:
-                group["lr"] = args.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(n_chunks - 1, 1)))
+            optimizer.param_groups[0]["lr"] = args.ttt_lr * 0.5 * (1 + math.cos(math.pi * c / max(n_chunks - 1, 1)))
             ttt_train_chunk(model, optimizer, params, val_tokens[c * chunk_tokens:(c + 1) * chunk_tokens + 1], args, rt)
         if log is not None and ((c + 1) % 10 == 0 or c == n_chunks - 1):
-            running = sums[:c + 1].sum(dim=0)
-            if rt.world_size > 1:
-                dist.all_reduce(running)
+            running = rt.all_reduce(sums[:c + 1].sum(dim=0))
             log(f"ttt:chunk {c + 1}/{n_chunks} running_val_bpb:{loss_and_bpb(running)[1]:.4f} "
                 f"elapsed:{time.perf_counter() - t0:.1f}s")
-    if rt.world_size > 1:
-        dist.all_reduce(sums)
-    return *loss_and_bpb(sums.sum(dim=0)), sums
+    return *loss_and_bpb(rt.all_reduce(sums).sum(dim=0)), sums
 
 def final_evaluations(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
     """The three scored evaluations of the model holding the artifact's weights (§7), each timed."""
@@ -1534,12 +1471,10 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
     warmup_prime(model, optimizers, loader, args, rt)
 
-    ema, swa = EMA(model, args.ema_decay), SWA()
+    ema, swa, qat_on, soft_round_on = EMA(model, args.ema_decay), SWA(), False, False
     burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
-    qat_on = soft_round_on = False
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
-    step, stop_after, training_ms, elapsed_ms = 0, None, 0.0, 0.0
-    t0 = clock()
+    step, stop_after, training_ms, elapsed_ms, t0 = 0, None, 0.0, 0.0, clock()
     while True:
         last = step == args.iterations or step == stop_after
         if last or (args.val_loss_every and step % args.val_loss_every == 0):
@@ -1679,8 +1614,7 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
         raise RunError(failure or "rank 0 could not write the model files")
 
 def main(clock=time.perf_counter):
-    args = Hyperparameters()
-    rt = setup_runtime()
+    args, rt = Hyperparameters(), setup_runtime()
     log = Logger(args.run_id, rt.is_main)
     with log.failures():
         log_environment(log)
@@ -1700,15 +1634,14 @@ def main(clock=time.perf_counter):
         log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
         model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
         model.recurring = bool(args.recur_layers)  # a run's repeats are on by the end of its training
-        if not args.eval_artifact:
+        if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
+            log(f"eval_artifact:{artifact}")
+        else:
             estimate, arithmetic = estimate_size(model.state_dict(), args)
             log(f"size_estimate: {arithmetic}; with the code {estimate + code_bytes()} bytes")
             if estimate + code_bytes() >= SUBMISSION_LIMIT_BYTES and not args.allow_over_limit:
                 raise InputError(f"estimated submission size {estimate + code_bytes()} bytes is not below the "
                                  f"{SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
-        if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
-            log(f"eval_artifact:{artifact}")
-        else:
             average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
             model.load_state_dict(averaged)
             t_eval = clock()
@@ -1717,9 +1650,8 @@ def main(clock=time.perf_counter):
                 f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
             save_model(averaged, artifact, args, rt, log, hessians)
 
-        model_bytes = artifact.stat().st_size
+        model_bytes, compressor = artifact.stat().st_size, artifact_compressor(artifact)
         total_bytes = model_bytes + code_bytes()
-        compressor = artifact_compressor(artifact)
         log(f"Serialized model int6+{compressor}: {model_bytes} bytes")
         log(f"Total submission size int6+{compressor}: {total_bytes} bytes")
         over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"

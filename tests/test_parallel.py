@@ -24,7 +24,7 @@ def lanes_model(parallel_from=2, seed=1):
 
 def reference_hidden(model, ids):
     """The §4 formulas written out: the record's blocks, then lanes A and M from PARALLEL_FROM."""
-    x = model.smear(tg.rms_norm(model.tok_emb(ids) + model.bigram(ids)))
+    x = model.smear(tg.rms_norm(model.tok_emb(ids) + model.bigram(tg.bigram_hash(ids, model.bigram.embed.num_embeddings))))
     x0, skips, ve, A = x, [], model.ve_shared(ids), None
     rope = tg.rotary(ids.size(1), model.rope_dims, model.rope_base, CPU)
     for i, block in enumerate(model.blocks):

@@ -33,7 +33,7 @@ def test_the_repeats_parameters_and_the_rest_initialised_as_without():
 def reference_hidden(model, ids):
     """Blocks 0, 1, 2, then 1 and 2 again with the repeats' MLPs and scalars, then 3; U-Net skips by
     block; every pass's LN scale 1/sqrt(v+1) of its virtual index v."""
-    x = model.smear(tg.rms_norm(model.tok_emb(ids) + model.bigram(ids)))
+    x = model.smear(tg.rms_norm(model.tok_emb(ids) + model.bigram(tg.bigram_hash(ids, model.bigram.embed.num_embeddings))))
     x0, skips, ve = x, [], model.ve_shared(ids)
     rope = tg.rotary(ids.size(1), model.rope_dims, model.rope_base, CPU)
     for v, (i, repeat) in enumerate([(0, None), (1, None), (2, None), (1, 0), (2, 1), (3, None)]):
