@@ -28,3 +28,15 @@ def test_every_configuration_is_valid_and_fits(path):
     args = tg.Hyperparameters(**{k.lower(): v for k, v in env.items()}, run_id="config")
     estimate, _ = tg.estimate_size(tg.build_model(args).state_dict(), args)
     assert estimate + len(Path(tg.__file__).read_bytes()) < tg.SUBMISSION_LIMIT_BYTES
+
+
+def test_beyond_env_is_the_combination_measured_on_the_proxy():
+    """configs/beyond.env sets exactly the options of the combination arm in docs/proxy.md (less the
+    proxy's own step counts, scaled to its length), to the same values."""
+    import re
+    proxy = load_tool("scripts/proxy.py", "proxy")
+    env = read(REPO / "configs" / "beyond.env")
+    arm = re.search(r"--arm (beyond:\S+?)[`\s]", (REPO / "docs" / "proxy.md").read_text())
+    assert arm, "docs/proxy.md shows no --arm beyond:... command"
+    _, measured = proxy.parse_arm(arm[1])
+    assert {k: v for k, v in measured.items() if k not in ("COPRIME_RAMP_STEPS", "RECUR_STEP")} == env
