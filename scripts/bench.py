@@ -311,15 +311,19 @@ def trainer(model, args, rt, previous: bool = False):
     return run
 
 
-OPTIONS = {"PARALLEL_FROM=7": dict(parallel_from=7), "RECUR_LAYERS=4,5 (on)": dict(recur_layers=(4, 5), warmup_steps=4),
-           "LOADER=coprime": dict(loader="coprime")}
+def options(args) -> dict:
+    """The later records' options at this depth, as they placed them in 11 blocks: parallel residuals
+    from block 7, the repeats of blocks 4 and 5 (switched on), and the coprime loader."""
+    lanes_from, middle = max(args.num_layers - 4, args.num_layers // 2), args.num_layers // 2
+    return {f"PARALLEL_FROM={lanes_from}": dict(parallel_from=lanes_from),
+            f"RECUR_LAYERS={middle - 1},{middle} (on)": dict(recur_layers=(middle - 1, middle), warmup_steps=4),
+            "LOADER=coprime": dict(loader="coprime")}
 
 
 def option_setups(args, rt) -> dict:
-    """Per option of OPTIONS: (its hyperparameters, a model built with them as a run builds it), the
-    recurrence's repeats switched on, as after RECUR_STEP."""
+    """Per option: (its hyperparameters, a model built with them as a run builds it), the repeats on."""
     setups = {}
-    for name, overrides in OPTIONS.items():
+    for name, overrides in options(args).items():
         option_args = tg.Hyperparameters(**{**args.as_dict(), **overrides})
         model = tg.compile_model(tg.place_model(tg.build_model(option_args), rt), option_args, rt.device)
         if option_args.recur_layers:

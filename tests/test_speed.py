@@ -220,7 +220,7 @@ def test_a_training_step_sends_at_most_55_percent_of_the_previous_bytes(world_si
     assert ours <= 0.55 * previous, ours / previous
 
 
-ROW = re.compile(r"^\| (training|collectives|(?:standard|sliding|ttt) (?:eval|warm-up)|quantise\+zstd) +\| (\S+) +"
+ROW = re.compile(r"^\| (training|collectives|(?:standard|sliding|ttt) (?:eval|warm-up)|quantise\+zstd|[A-Z_]+=[\w,]+(?: \(on\))?) +\| (\S+) +"
                  r"\| ([\d,.]+) +\| ([\d,.]+|—) +\| ([\d.]+x|—) +\| (.*?) +\|$", re.M)
 
 
@@ -228,8 +228,10 @@ def test_bench_prints_the_table(tiny_env, capsys):
     bench.main(["--config", "default", "--steps", "1", "--warmup", "1", "--repeat", "1"])
     out = capsys.readouterr().out
     rows = {m[1]: m for m in ROW.finditer(out)}
-    assert list(rows) == ["training", "standard eval", "sliding eval", "ttt eval", "standard warm-up", "sliding warm-up",
-                          "ttt warm-up", "quantise+zstd"]
+    assert list(rows) == ["training", "PARALLEL_FROM=2", "RECUR_LAYERS=1,2 (on)", "LOADER=coprime", "standard eval",
+                          "sliding eval", "ttt eval", "standard warm-up", "sliding warm-up", "ttt warm-up", "quantise+zstd"]
+    for name in ("PARALLEL_FROM=2", "RECUR_LAYERS=1,2 (on)", "LOADER=coprime"):  # raced against the default
+        assert rows[name][2] == "ms/step" and rows[name][6].startswith("training step; baseline: the default")
     assert re.search(r"^bench: config=default device=cpu .* world_size=1 grad_accum_steps=8 ", out, re.M)
     for name in ("standard eval", "sliding eval", "ttt eval"):
         ours, plain, diff = re.fullmatch(r"val_bpb ([\d.]+) / ([\d.]+) \(diff (\S+)\)", rows[name][6]).groups()
@@ -268,7 +270,7 @@ def test_bench_under_torchrun_with_two_gloo_ranks(tiny_env, tmp_path):
     """The form docs/performance.md's figures were measured in: 2 gloo processes; both paths agree."""
     result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", str(REPO / "scripts" / "bench.py"),
                                           "--config", "default", "--steps", "1", "--warmup", "0", "--repeat", "1",
-                                          "--skip", "standard,sliding"],
+                                          "--skip", "options,standard,sliding"],
                         clean_environ(**tiny_env), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {m[1]: m for m in ROW.finditer(result.stdout)}
@@ -286,7 +288,7 @@ def test_the_option_rows_train_each_option_as_a_run_builds_it(tiny_data):
     coprime loader), and a training step of each runs."""
     args = tiny_args(num_layers=11, data_path=str(tiny_data))
     setups = bench.option_setups(args, ONE)
-    assert list(setups) == list(bench.OPTIONS)
+    assert list(setups) == ["PARALLEL_FROM=7", "RECUR_LAYERS=4,5 (on)", "LOADER=coprime"]
     (p_args, parallel), (r_args, recurring), (c_args, _) = setups.values()
     assert [b.parallel for b in parallel.blocks] == [False] * 7 + [True] * 4 and p_args.parallel_from == 7
     assert recurring.recurring and len(recurring.passes()) == 13 and r_args.recur_layers == (4, 5)
