@@ -50,6 +50,11 @@ class RunError(Exception):
 class InputError(RunError):
     """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
 
+def need(ok, message: str, error: type[RunError] = InputError):
+    """Stops the run with error(message) unless ok: every check of the input, and the run's own stops."""
+    if not ok:
+        raise error(message)
+
 class Hyperparameters:
     """Every knob of a run (§8), the record's defaults: from upper-case environment variables (keyword args win); read-only."""
 
@@ -180,9 +185,6 @@ class Hyperparameters:
         return self.model_dim // self.num_heads
 
     def _check(self):
-        def need(ok: bool, message: str):
-            if not ok:
-                raise InputError(message)
         for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
                      "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
@@ -286,16 +288,12 @@ def shard_bytes(tokens) -> bytes:
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
     size = Path(path).stat().st_size
-    if size < SHARD_HEADER_BYTES:
-        raise InputError(f"shard {path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header")
+    need(size >= SHARD_HEADER_BYTES, f"shard {path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header")
     magic, version, count = np.fromfile(path, dtype="<i4", count=3)
-    if magic != SHARD_MAGIC:
-        raise InputError(f"shard {path}: magic {magic}, expected {SHARD_MAGIC} (not a challenge shard)")
-    if version != SHARD_VERSION:
-        raise InputError(f"shard {path}: version {version}, expected {SHARD_VERSION}")
-    if count < 0 or size != SHARD_HEADER_BYTES + 2 * count:
-        raise InputError(f"shard {path}: {size} bytes, but its header promises {count} tokens "
-                         f"({SHARD_HEADER_BYTES + 2 * count} bytes): truncated or corrupt")
+    need(magic == SHARD_MAGIC, f"shard {path}: magic {magic}, expected {SHARD_MAGIC} (not a challenge shard)")
+    need(version == SHARD_VERSION, f"shard {path}: version {version}, expected {SHARD_VERSION}")
+    need(count >= 0 and size == SHARD_HEADER_BYTES + 2 * count, f"shard {path}: {size} bytes, but its header promises "
+         f"{count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes): truncated or corrupt")
     return int(count)
 
 def read_shard(path) -> np.ndarray:
@@ -305,23 +303,18 @@ def read_shard(path) -> np.ndarray:
 def existing_file(path, what: str) -> Path:
     """path, if it is a file; otherwise an InputError saying what it is instead."""
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a directory, not a file")
-    if not path.is_file():
-        raise InputError(f"{what} {path} does not exist")
+    need(not path.is_dir(), f"{what} {path} is a directory, not a file")
+    need(path.is_file(), f"{what} {path} does not exist")
     return path
 
 def list_shards(data_path, split: str) -> list[Path]:
     """The sorted `fineweb_{split}_*.bin` files under DATA_PATH, every header checked."""
     root = Path(data_path)
-    if not root.is_dir():
-        raise InputError(f"DATA_PATH {root} is not a directory (download the data, or build the sample "
-                         "with: python data/make_sample.py)")
+    need(root.is_dir(), f"DATA_PATH {root} is not a directory (download the data, or build the sample with: "
+         "python data/make_sample.py)")
     files = [existing_file(f, "shard") for f in sorted(root.glob(f"fineweb_{split}_*.bin"))]
-    if not files:
-        raise InputError(f"DATA_PATH {root} holds no fineweb_{split}_*.bin shards")
-    if sum(shard_token_count(f) for f in files) == 0:
-        raise InputError(f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
+    need(files, f"DATA_PATH {root} holds no fineweb_{split}_*.bin shards")
+    need(sum(shard_token_count(f) for f in files) > 0, f"the fineweb_{split}_*.bin shards in {root} hold no tokens")
     return files
 
 def check_token_ids(files, vocab_size: int, rt: Runtime):
@@ -330,8 +323,7 @@ def check_token_ids(files, vocab_size: int, rt: Runtime):
     for i in range(rt.rank, len(files), rt.world_size):
         largest[i] = float(read_shard(files[i]).max(initial=0))
     for f, top in zip(files, rt.agree_max(*largest)):
-        if top >= vocab_size:
-            raise InputError(f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
+        need(top < vocab_size, f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
     """A host tensor on the device, copied without waiting (pinned, non-blocking) on CUDA."""
@@ -395,8 +387,7 @@ class CoprimeLoader:
                     self._start_pass(i, span)
             left = np.array([b - read for _, b, _, _, read in (self.passes[i] for i in range(len(self.shards)))], dtype=float)
             if not left.any():  # every shard read through: a new pass of each
-                if not any(read for *_, read in self.passes.values()):
-                    raise InputError(f"no training shard holds a sequence of {span} tokens")
+                need(any(read for *_, read in self.passes.values()), f"no training shard holds a sequence of {span} tokens")
                 self.passes.clear()
                 continue
             chosen = self.rng.choice(len(left), size=min(per_draw, int((left > 0).sum())), replace=False,
@@ -433,8 +424,7 @@ def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
     """The val shards (their first `limit` targets if limit > 0), cut to whole sequences plus one token."""
     tokens = np.concatenate([read_shard(f) for f in files])
     usable = (min(len(tokens) - 1, limit or len(tokens)) // seq_len) * seq_len
-    if usable <= 0:
-        raise InputError(f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
+    need(usable > 0, f"the validation shards hold {len(tokens)} tokens, fewer than one sequence of {seq_len + 1}")
     return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
 
 # ----------------------------------------------------------------------------- bits per byte (§3)
@@ -445,8 +435,7 @@ def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as e:
         raise InputError(f"TOKENIZER_PATH {path} is not a SentencePiece model ({e})") from None
-    if sp.vocab_size() != vocab_size:
-        raise InputError(f"tokenizer {path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
+    need(sp.vocab_size() == vocab_size, f"tokenizer {path} has {sp.vocab_size()} pieces but VOCAB_SIZE={vocab_size}")
     return sp
 
 class TokenBytes:
@@ -495,8 +484,7 @@ class BpbMeter:
 def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
     """(nats per target, bits per byte) from sums of [nll, targets, bytes]; a non-finite loss stops the run."""
     nll, targets, nbytes = sums.tolist()
-    if not math.isfinite(nll):
-        raise RunError(f"evaluation loss is {nll}: the model's weights are not finite")
+    need(math.isfinite(nll), f"evaluation loss is {nll}: the model's weights are not finite", RunError)
     return nll / targets, nll / math.log(2) / nbytes
 
 # ----------------------------------------------------------------------------- model (§4)
@@ -546,8 +534,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 def attention_backend(choice: str, device: torch.device) -> str:
     """The kernel ATTENTION=choice runs on this device: fa3 (FlashAttention-3, where it imports) or sdpa."""
-    if choice == "fa3" and flash_attn_3 is None:
-        raise InputError("ATTENTION=fa3 but flash_attn_interface (FlashAttention-3) does not import")
+    need(choice != "fa3" or flash_attn_3 is not None, "ATTENTION=fa3 but flash_attn_interface (FlashAttention-3) does not import")
     return ("fa3" if flash_attn_3 is not None and device.type == "cuda" else "sdpa") if choice == "auto" else choice
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, choice: str = "auto") -> Tensor:
@@ -959,8 +946,8 @@ def setup_runtime() -> Runtime:
         world_size, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
     except ValueError:
         raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be integers") from None
-    if world_size < 1 or MICRO_BATCHES % world_size:
-        raise InputError(f"WORLD_SIZE={world_size} must divide {MICRO_BATCHES} (grad_accum_steps = {MICRO_BATCHES} / WORLD_SIZE)")
+    need(world_size >= 1 and MICRO_BATCHES % world_size == 0,
+         f"WORLD_SIZE={world_size} must divide {MICRO_BATCHES} (grad_accum_steps = {MICRO_BATCHES} / WORLD_SIZE)")
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -1197,9 +1184,8 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
 def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[str, Tensor]:
     """A state dict with the names, shapes and dtypes of `template` from an artifact container."""
     weights, meta = container["w"], container["m"]
-    if set(meta) != set(template):
-        missing, extra = sorted(set(template) - set(meta)), sorted(set(meta) - set(template))
-        raise InputError(f"artifact does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    missing, extra = sorted(set(template) - set(meta)), sorted(set(meta) - set(template))
+    need(not missing and not extra, f"artifact does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     out = {}
     for name, ref in template.items():
         if meta[name] == "passthrough":
@@ -1207,8 +1193,8 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
         else:
             q, scale = weights.get(name + ".q"), weights.get(name + ".scale")
             t = None if q is None or scale is None or q.ndim != 2 or scale.shape != q.shape[:1] else q.float() * scale.float()[:, None]
-        if t is None or t.shape != ref.shape:
-            raise InputError(f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
+        need(t is not None and t.shape == ref.shape,
+             f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
         out[name] = t.to(ref.dtype)
     return out
 
@@ -1293,10 +1279,10 @@ def load_artifact(path) -> dict:
         what = f"a Python object ({found[1]}) that loading would create" if found else "data other than tensors and plain values"
         raise InputError(f"artifact {path} refused: it holds {what}; only tensors, numbers, strings and dicts are loaded") from None
     meta_ok = lambda m: m == "passthrough" or (isinstance(m, dict) and m.get("type") in ("int6", "int8") and len(m) == 1)
-    if not (isinstance(container, dict) and set(container) == {"w", "m"} and isinstance(container["w"], dict)
-            and isinstance(container["m"], dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in container["w"].items())
-            and all(isinstance(k, str) and meta_ok(v) for k, v in container["m"].items())):
-        raise InputError(f"artifact {path} refused: not a {{'w': tensors, 'm': meta}} container of this format")
+    need(isinstance(container, dict) and set(container) == {"w", "m"} and isinstance(container["w"], dict)
+         and isinstance(container["m"], dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in container["w"].items())
+         and all(isinstance(k, str) and meta_ok(v) for k, v in container["m"].items()),
+         f"artifact {path} refused: not a {{'w': tensors, 'm': meta}} container of this format")
     return container
 
 def code_bytes() -> int:
@@ -1423,8 +1409,8 @@ class Logger:
     def __init__(self, run_id: str, enabled: bool):
         self.file = None
         path = Path("logs") / f"{run_id}.txt"
-        if path.parent.exists() and not path.parent.is_dir():  # checked on every rank: all stop
-            raise InputError("logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
+        need(path.parent.is_dir() or not path.parent.exists(),  # checked on every rank: all stop
+             "logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
         if enabled:
             try:
                 path.parent.mkdir(exist_ok=True)
@@ -1517,9 +1503,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
 
         # one all-reduce: ranks agree on the clock, and stop together on a diverged loss
         elapsed_ms, diverged = rt.agree_max(training_ms + 1000 * (clock() - t0), ~torch.isfinite(train_loss))
-        if diverged:
-            raise RunError(f"training loss is not finite at step {step}: the run diverged (learning rates too high?); "
-                           "no model or artifact was written")
+        need(not diverged, f"training loss is not finite at step {step}: the run diverged (learning rates too high?); "
+             "no model or artifact was written", RunError)
         if args.train_log_every and (step <= 10 or step % args.train_log_every == 0):
             log(f"step:{step}/{args.iterations} train_loss:{train_loss.item():.4f} "
                 f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
@@ -1540,8 +1525,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
             for _, batches in burst:
                 finite &= torch.isfinite(train_step(model, batches, optimizers, args.grad_clip_norm, rt))
                 ema.update(model)
-        if rt.agree_max(~finite)[0]:
-            raise RunError("training loss is not finite in the late burst: the run diverged; no model or artifact was written")
+        need(not rt.agree_max(~finite)[0], "training loss is not finite in the late burst: the run diverged; "
+             "no model or artifact was written", RunError)
         log("ttt_burst:done")
 
     if args.weight_avg == "swa" and swa.count == 0:
@@ -1610,8 +1595,7 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
             log(f"quantized_tensors: {kind_counts(container)}")
             if hessians:
                 log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
-    if rt.agree_max(float(bool(failure)))[0]:
-        raise RunError(failure or "rank 0 could not write the model files")
+    need(not rt.agree_max(float(bool(failure)))[0], failure or "rank 0 could not write the model files", RunError)
 
 def main(clock=time.perf_counter):
     args, rt = Hyperparameters(), setup_runtime()
@@ -1639,9 +1623,9 @@ def main(clock=time.perf_counter):
         else:
             estimate, arithmetic = estimate_size(model.state_dict(), args)
             log(f"size_estimate: {arithmetic}; with the code {estimate + code_bytes()} bytes")
-            if estimate + code_bytes() >= SUBMISSION_LIMIT_BYTES and not args.allow_over_limit:
-                raise InputError(f"estimated submission size {estimate + code_bytes()} bytes is not below the "
-                                 f"{SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
+            need(estimate + code_bytes() < SUBMISSION_LIMIT_BYTES or args.allow_over_limit, f"estimated submission size "
+                 f"{estimate + code_bytes()} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit: make the model "
+                 "smaller, or set ALLOW_OVER_LIMIT=1")
             average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
             model.load_state_dict(averaged)
             t_eval = clock()
@@ -1659,8 +1643,7 @@ def main(clock=time.perf_counter):
             log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
         model.load_state_dict(dequantize_state_dict(load_artifact(artifact), model.state_dict()))
         final_evaluations(model, val_tokens, token_bytes, args, rt, log)
-        if total_bytes >= SUBMISSION_LIMIT_BYTES:
-            raise RunError(over_limit)
+        need(total_bytes < SUBMISSION_LIMIT_BYTES, over_limit, RunError)
     if rt.world_size > 1:
         dist.barrier()  # no rank tears its group down while another still talks to it
         dist.destroy_process_group()
