@@ -276,15 +276,6 @@ def atomic_write(files: dict):
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
 
-def shard_bytes(tokens) -> bytes:
-    """A shard in the challenge format: 256 int32 header (magic, version, count), uint16 tokens."""
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1 or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
-        raise ValueError("tokens must be a 1-D sequence of integers in [0, 65535]")
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    return header.tobytes() + tokens.astype("<u2").tobytes()
-
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
     size = Path(path).stat().st_size

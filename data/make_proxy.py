@@ -23,8 +23,8 @@ import sentencepiece as spm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sample import REPO, SampleError, encode, source_files, train_tokenizer  # noqa: E402
-from train_gpt import RunError, TokenBytes, atomic_write, shard_bytes  # noqa: E402  (make_sample put the repo on the path)
+from make_sample import REPO, SampleError, encode, shard_bytes, source_files, train_tokenizer  # noqa: E402
+from train_gpt import RunError, TokenBytes, atomic_write  # noqa: E402  (make_sample put the repo on the path)
 
 DEFAULT_OUT = REPO / "data" / "proxy"
 VOCAB_SIZE = 1024

@@ -32,7 +32,7 @@ import sentencepiece as spm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from train_gpt import RunError, atomic_write, shard_bytes  # noqa: E402  (the one shard format of the project)
+from train_gpt import SHARD_HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, RunError, atomic_write  # noqa: E402
 
 DEFAULT_OUT = REPO / "data" / "sample"
 SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
@@ -44,6 +44,17 @@ BOS = 1
 
 class SampleError(Exception):
     """An expected failure, reported as one line without a traceback."""
+
+
+def shard_bytes(tokens) -> bytes:
+    """A shard in the challenge format that train_gpt.py reads: a header of 256 int32 (magic, version,
+    token count), then the tokens as uint16."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1 or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
+        raise ValueError("tokens must be a 1-D sequence of integers in [0, 65535]")
+    header = np.zeros(SHARD_HEADER_BYTES // 4, dtype="<i4")
+    header[:3] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    return header.tobytes() + tokens.astype("<u2").tobytes()
 
 
 def output_names(vocab_size):

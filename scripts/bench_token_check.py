@@ -24,6 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_gpt as tg  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "data"))
+from make_sample import shard_bytes  # noqa: E402
+
 
 def evict(files):
     """Drops the files' pages from the page cache, so the next read comes from disk."""
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         block = rng.integers(0, 1024, args.tokens, dtype=np.uint16)
         for i in range(args.shards):
             path = Path(tmp) / f"fineweb_train_{i:06d}.bin"
-            tg.atomic_write({path: tg.shard_bytes(np.roll(block, i))})
+            tg.atomic_write({path: shard_bytes(np.roll(block, i))})
             files.append(path)
         print(f"wrote {args.shards} shards x {args.tokens:,} tokens "
               f"({args.shards * (args.tokens * 2 + tg.SHARD_HEADER_BYTES) / 1e9:.1f} GB) in {time.perf_counter() - t0:.0f} s")

@@ -94,9 +94,14 @@ def tiny_run_env(data: Path, **overrides) -> dict:
 
 
 def write_shard(path, tokens):
-    """A shard in the challenge format, written as train_gpt writes files."""
+    """A shard in the challenge format (the writer of data/make_sample.py), written as train_gpt writes files."""
     import train_gpt as tg
-    tg.atomic_write({path: tg.shard_bytes(tokens)})
+    global _make_sample
+    _make_sample = _make_sample or load_tool("data/make_sample.py", "make_sample")
+    tg.atomic_write({path: _make_sample.shard_bytes(tokens)})
+
+
+_make_sample = None
 
 
 # ----------------------------------------------------------------------------- environments

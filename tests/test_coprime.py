@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_gpt as tg
-from conftest import CPU, run_and_reread, tiny_args
+from conftest import CPU, run_and_reread, tiny_args, write_shard
 
 SEQ = 16
 SPAN = SEQ + 1
@@ -23,7 +23,7 @@ def shards(tmp_path_factory):
     files = []
     for i in range(70):
         files.append(root / f"fineweb_train_{i:06d}.bin")
-        files[-1].write_bytes(tg.shard_bytes(rng.integers(0, 512, SPAN * (40 + i) + int(rng.integers(SPAN)))))
+        write_shard(files[-1], rng.integers(0, 512, SPAN * (40 + i) + int(rng.integers(SPAN))))
     return files
 
 
@@ -86,7 +86,7 @@ def test_a_read_through_shard_is_not_drawn_and_too_short_shards_are_one_line(sha
     for _ in range(20):
         assert all(i != 3 for i, _ in ld._draw(8, SPAN))
     short = tmp_path / "fineweb_train_000000.bin"
-    short.write_bytes(tg.shard_bytes(np.arange(SEQ)))
+    write_shard(short, np.arange(SEQ))
     with pytest.raises(tg.InputError, match=f"^no training shard holds a sequence of {SPAN} tokens$"):
         loader([short]).next_batch(4 * SEQ, SEQ)
 
