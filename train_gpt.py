@@ -9,18 +9,7 @@ evaluation -> main(). Importing it has no side effects.
 """
 from __future__ import annotations
 
-import copy
-import io
-import itertools
-import json
-import math
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
-import uuid
+import copy, io, itertools, json, math, os, re, shutil, subprocess, sys, time, uuid
 from collections import deque
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -41,23 +30,18 @@ except ImportError:
     flash_attn_3 = None
 
 # ----------------------------------------------------------------------------- hyperparameters
-
 MICRO_BATCHES = 8  # micro-batches per optimiser step: world_size x grad_accum_steps (the record's 8 GPUs x 1)
 
 class RunError(Exception):
     """The run cannot go on: it stops with this one-line message, logged and printed, and exit 1."""
-
 class InputError(RunError):
     """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
-
 def need(ok, message: str, error: type[RunError] = InputError):
     """Stops the run with error(message) unless ok: every check of the input, and the run's own stops."""
-    if not ok:
-        raise error(message)
+    if not ok: raise error(message)
 
 class Hyperparameters:
     """Every knob of a run (§8), the record's defaults: from upper-case environment variables (keyword args win); read-only."""
-
     # data and run
     data_path: str = "./data/datasets/fineweb10B_sp1024"
     tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
@@ -156,22 +140,16 @@ class Hyperparameters:
         for name, default in self.defaults().items():
             raw = overrides.pop(name, os.environ.get(name.upper()))
             object.__setattr__(self, name, default if raw is None else _parse(name.upper(), raw, type(default)))
-        if overrides:
-            raise TypeError(f"unknown hyperparameters: {sorted(overrides)}")
-        if not self.run_id:
-            object.__setattr__(self, "run_id", str(uuid.uuid4()))
+        if overrides: raise TypeError(f"unknown hyperparameters: {sorted(overrides)}")
+        if not self.run_id: object.__setattr__(self, "run_id", str(uuid.uuid4()))
         self._check()
 
     @classmethod
     def defaults(cls) -> dict:
         return {name: getattr(cls, name) for name in cls.__annotations__}
 
-    def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.defaults()}
-
     def __setattr__(self, name, value=None):
         raise AttributeError("Hyperparameters are read-only: set the environment variable instead")
-
     __delattr__ = __setattr__
 
     @property
@@ -237,20 +215,15 @@ def _parse(env_name: str, raw, kind: type):
     """One environment value as the type of its default; InputError naming the variable otherwise."""
     text = ",".join(map(str, raw)) if isinstance(raw, (tuple, list)) else str(raw).strip()
     try:
-        if kind is bool and text.lower() in ("1", "true", "0", "false"):
-            return text.lower() in ("1", "true")
-        if kind is tuple:
-            return tuple(int(v) for v in text.split(",") if v.strip())
-        value = kind(text) if kind is not bool else None
-        if value is None or (kind is float and not math.isfinite(value)):
-            raise ValueError
+        if kind is tuple: return tuple(int(v) for v in text.split(",") if v.strip())
+        value = {"1": True, "true": True, "0": False, "false": False}[text.lower()] if kind is bool else kind(text)
+        if kind is float and not math.isfinite(value): raise ValueError
         return value
-    except ValueError:
+    except (ValueError, KeyError):
         expected = {bool: "0 or 1", tuple: "comma-separated integers", int: "an integer", float: "a finite number"}[kind]
         raise InputError(f"{env_name}={text!r} is not valid: expected {expected}") from None
 
 # ----------------------------------------------------------------------------- data (§2)
-
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
 
 def atomic_write(files: dict):
@@ -259,8 +232,7 @@ def atomic_write(files: dict):
     try:
         for path, data in files.items():
             path = Path(path)
-            if path.is_dir():
-                raise IsADirectoryError(21, "it is a directory")
+            if path.is_dir(): raise IsADirectoryError(21, "it is a directory")
             temps[path] = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             with open(temps[path], "wb") as f:
                 f.write(data)
@@ -273,8 +245,7 @@ def atomic_write(files: dict):
         done = f"{', '.join(replaced)} already replaced" if replaced else "nothing was written"
         raise RunError(f"cannot write {path}: {e.strerror or e}; {done}") from None
     finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        for tmp in temps.values(): tmp.unlink(missing_ok=True)
 
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
@@ -292,7 +263,6 @@ def read_shard(path) -> np.ndarray:
     return np.memmap(path, dtype="<u2", mode="r", offset=SHARD_HEADER_BYTES, shape=(shard_token_count(path),))
 
 def existing_file(path, what: str) -> Path:
-    """path, if it is a file; otherwise an InputError saying what it is instead."""
     path = Path(path)
     need(not path.is_dir(), f"{what} {path} is a directory, not a file")
     need(path.is_file(), f"{what} {path} does not exist")
@@ -311,8 +281,7 @@ def list_shards(data_path, split: str) -> list[Path]:
 def check_token_ids(files, vocab_size: int, rt: Runtime):
     """Stops at start on a token id >= VOCAB_SIZE; each rank reads its share of the shards."""
     largest = torch.zeros(len(files), dtype=torch.float64)
-    for i in range(rt.rank, len(files), rt.world_size):
-        largest[i] = float(read_shard(files[i]).max(initial=0))
+    for i in range(rt.rank, len(files), rt.world_size): largest[i] = float(read_shard(files[i]).max(initial=0))
     for f, top in zip(files, rt.agree_max(*largest)):
         need(top < vocab_size, f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
 
@@ -322,7 +291,6 @@ def to_device(t: Tensor, device: torch.device) -> Tensor:
 
 class DistributedTokenLoader:
     """The shards as one stream in file order: each micro-step takes world_size x (local_tokens + 1) tokens; rank r's slice."""
-
     def __init__(self, files, rank: int, world_size: int, device: torch.device):
         self.files, self.rank, self.world_size, self.device = list(files), rank, world_size, device
         self.file_idx, self.pos, self.tokens = 0, 0, read_shard(self.files[0])
@@ -346,15 +314,12 @@ class DistributedTokenLoader:
 
     def state(self) -> tuple[int, int]:
         return self.file_idx, self.pos
-
     def restore(self, state: tuple[int, int]):
-        if state[0] != self.file_idx:
-            self.tokens = read_shard(self.files[state[0]])
         self.file_idx, self.pos = state
+        self.tokens = read_shard(self.files[self.file_idx])
 
 class CoprimeLoader:
     """A later record's loader (§2): steps from 8 -> 64 shards read in coprime-stride passes; the same at any world size."""
-
     def __init__(self, files, rank: int, world_size: int, device: torch.device, seed: int, ramp_steps: int):
         self.shards, self.rank, self.world_size, self.device = [read_shard(f) for f in files], rank, world_size, device
         self.rng, self.ramp_steps, self.draws, self.passes, self.pending = np.random.default_rng(seed), ramp_steps, 0, {}, []
@@ -363,8 +328,7 @@ class CoprimeLoader:
         phase = int(self.rng.integers(span))
         blocks = (len(self.shards[i]) - phase) // span
         stride = int(self.rng.integers(1, max(blocks, 2)))
-        while math.gcd(stride, blocks) != 1:
-            stride = int(self.rng.integers(1, blocks))
+        while math.gcd(stride, blocks) != 1: stride = int(self.rng.integers(1, blocks))
         self.passes[i] = [phase, blocks, int(self.rng.integers(max(blocks, 1))), stride, 0]  # ..., blocks read
 
     def _draw(self, count: int, span: int) -> list[tuple[int, int]]:
@@ -374,8 +338,7 @@ class CoprimeLoader:
         columns = []
         while count > 0:
             for i in range(len(self.shards)):
-                if i not in self.passes:
-                    self._start_pass(i, span)
+                if i not in self.passes: self._start_pass(i, span)
             left = np.array([b - read for _, b, _, _, read in (self.passes[i] for i in range(len(self.shards)))], dtype=float)
             if not left.any():  # every shard read through: a new pass of each
                 need(any(read for *_, read in self.passes.values()), f"no training shard holds a sequence of {span} tokens")
@@ -402,14 +365,12 @@ class CoprimeLoader:
 
     def state(self):
         return copy.deepcopy((self.rng.bit_generator.state, self.draws, self.passes, self.pending))
-
     def restore(self, state):
         self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
 
 def make_loader(files, args: Hyperparameters, rt: Runtime):
-    if args.loader == "coprime":
-        return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
-    return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
+    if args.loader == "stream": return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
+    return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
 
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
     """The val shards (their first `limit` targets if limit > 0), cut to whole sequences plus one token."""
@@ -419,7 +380,6 @@ def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
     return torch.from_numpy(tokens[:usable + 1].astype(np.int32))
 
 # ----------------------------------------------------------------------------- bits per byte (§3)
-
 def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
     existing_file(path, "TOKENIZER_PATH")
     try:
@@ -431,7 +391,6 @@ def load_tokenizer(path, vocab_size: int) -> spm.SentencePieceProcessor:
 
 class TokenBytes:
     """How many UTF-8 bytes each target token stands for, from the SentencePiece model (§3)."""
-
     def __init__(self, sp: spm.SentencePieceProcessor):
         n = sp.vocab_size()
         self.base, self.leading_space, self.boundary = (torch.zeros(n, dtype=d) for d in (torch.int64, torch.bool, torch.bool))
@@ -449,7 +408,6 @@ class TokenBytes:
         other = copy.copy(self)
         other.base, other.leading_space, other.boundary = (t.to(device) for t in (self.base, self.leading_space, self.boundary))
         return other
-
     def count(self, prev: Tensor, target: Tensor) -> Tensor:
         """Bytes of each target: its base bytes, plus its leading space unless it follows a boundary."""
         space = self.leading_space[target] & ~self.boundary[prev]
@@ -457,19 +415,15 @@ class TokenBytes:
 
 class BpbMeter:
     """Sums NLL (nats), targets and bytes in float64 across ranks; every evaluation reports here."""
-
     def __init__(self, token_bytes: TokenBytes, device):
         self.token_bytes, self.sums = token_bytes.to(device), torch.zeros(3, dtype=torch.float64, device=device)
-
     def add(self, nll: Tensor, prev: Tensor, target: Tensor):
         self.sums[0] += nll.double().sum()
         self.sums[1] += nll.numel()  # a Python number: no copy to the device
         self.sums[2] += self.token_bytes.count(prev, target).sum()
-
     def result(self) -> tuple[float, float]:
         """(val_loss, val_bpb) summed over every rank."""
-        if dist.is_initialized():
-            dist.all_reduce(self.sums)
+        if dist.is_initialized(): dist.all_reduce(self.sums)
         return loss_and_bpb(self.sums)
 
 def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
@@ -479,7 +433,6 @@ def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
     return nll / targets, nll / math.log(2) / nbytes
 
 # ----------------------------------------------------------------------------- model (§4)
-
 ROPE_REFERENCE_LEN = 1024
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -498,7 +451,6 @@ def fake_quant_int6(w: Tensor, soft_round: Tensor) -> Tensor:
 
 class CastedLinear(nn.Linear):
     """Bias-free fp32 linear, int6 fake quantised while qat (a Python flag: compiled graphs with and without, both primed)."""
-
     def __init__(self, in_features: int, out_features: int, zero_init: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.zero_init, self.qat = zero_init, False
@@ -510,8 +462,7 @@ class CastedLinear(nn.Linear):
 
 def rotary(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
     """cos, sin (fp32) of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
-    if seq_len > ROPE_REFERENCE_LEN:
-        base = base * (seq_len / ROPE_REFERENCE_LEN) ** (rope_dims / (rope_dims - 2))
+    if seq_len > ROPE_REFERENCE_LEN: base = base * (seq_len / ROPE_REFERENCE_LEN) ** (rope_dims / (rope_dims - 2))
     inv_freq = base ** (-torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
     return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
@@ -561,8 +512,7 @@ class CausalSelfAttention(nn.Module):
         v = (v if ve is None else v + ve).view(B, T, self.num_kv_heads, self.head_dim)
         q = apply_rotary(q, *rope) * (self.q_gain if q_gain is None else q_gain).to(q.dtype)[:, None]
         y = causal_attention(q, apply_rotary(k, *rope), v, self.attention)
-        if self.use_xsa:
-            y = remove_value_direction(y, v)
+        if self.use_xsa: y = remove_value_direction(y, v)
         return self.proj(y.reshape(B, T, -1))
 
 class MLP(nn.Module):
@@ -611,7 +561,6 @@ class Block(nn.Module):
 
 class Repeat(nn.Module):
     """Depth recurrence (§4): a second pass's own MLP and scalars, copied from its block at switch-on."""
-
     def __init__(self, args: Hyperparameters):
         super().__init__()
         dim = args.model_dim
@@ -628,7 +577,6 @@ def bigram_hash(ids: Tensor, table_size: int) -> Tensor:
 
 class ProjectedEmbedding(nn.Module):
     """A scaled embedding projected to another width: of hashed token pairs (input), of tokens (added to late values)."""
-
     def __init__(self, table_size: int, dim: int, out_dim: int, scale: float):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(scale))
@@ -640,7 +588,6 @@ class ProjectedEmbedding(nn.Module):
 
 class SmearGate(nn.Module):
     """Mixes each position with the previous one through a learned per-channel gate."""
-
     def __init__(self, dim: int):
         super().__init__()
         self.gate = nn.Parameter(torch.zeros(dim))
@@ -673,14 +620,10 @@ class GPT(nn.Module):
     def _init_weights(self, args: Hyperparameters):
         nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
         nn.init.zeros_(self.bigram.embed.weight)
-        for module in self.modules():
-            if isinstance(module, CastedLinear):
-                if module.zero_init:
-                    nn.init.zeros_(module.weight)
-                elif min(module.weight.shape) >= 64:
-                    nn.init.orthogonal_(module.weight)
-        if self.ve_index:
-            nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
+        for module in self.modules():  # output projections zero, the other matrices orthogonal (tiny ones as they are)
+            if isinstance(module, CastedLinear) and (module.zero_init or min(module.weight.shape) >= 64):
+                (nn.init.zeros_ if module.zero_init else nn.init.orthogonal_)(module.weight)
+        if self.ve_index: nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
         for proj in [self.bigram.proj] + ([self.ve_shared.proj] if self.ve_index else []):
             proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
 
@@ -700,24 +643,20 @@ class GPT(nn.Module):
     @torch.no_grad()
     def start_recurrence(self):
         """The repeats switch on (a Python flag: the compiled model holds a graph for each), as copies."""
-        for repeat, block in self.recurrence_copies():
-            self.get_parameter(repeat).copy_(self.get_parameter(block))
+        for repeat, block in self.recurrence_copies(): self.get_parameter(repeat).copy_(self.get_parameter(block))
         self.recurring = True
 
     def passes(self) -> list[tuple[int, Repeat | None]]:
         """(block index, the Repeat of a second pass or None) in the order they run."""
         order = [(i, None) for i in range(len(self.blocks))]
-        if not self.recurring:
-            return order
+        if not self.recurring: return order
         last = self.recur_layers[-1]
         return order[:last + 1] + [(i, self.repeats[j]) for j, i in enumerate(self.recur_layers)] + order[last + 1:]
 
     def forward_logits(self, ids: Tensor) -> Tensor:
-        """Soft-capped logits (B, T, V) in float32."""
         return self.head(self.hidden(ids))
 
     def hidden(self, ids: Tensor) -> Tensor:
-        """The last block's output (B, T, D)."""
         x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(bigram_hash(ids, self.bigram.embed.num_embeddings))))
         x0, skips, lanes = x, [], None
         ve = self.ve_shared(ids) if self.ve_index else None
@@ -734,8 +673,7 @@ class GPT(nn.Module):
                 lanes = block.forward_lanes(tuple(lane + skip for lane in lanes or (x, x)), x0, block_ve, rope, f)
                 continue
             x = block(x + skip, x0, block_ve, rope, None, f)  # U-Net: decoder blocks take encoder outputs, last first
-            if i < self.num_encoder:
-                skips.append(x)
+            if i < self.num_encoder: skips.append(x)
         return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
 
     def head(self, x: Tensor) -> Tensor:
@@ -758,32 +696,25 @@ def build_model(args: Hyperparameters) -> GPT:
 def place_model(model: GPT, rt: Runtime) -> GPT:
     """Moves the model to the device; where training runs in bf16 the embedding tables are bf16 (§4)."""
     model.to(rt.device)
-    if rt.bf16:
-        for module in model.modules():
-            if isinstance(module, nn.Embedding):
-                module.bfloat16()
+    if rt.bf16: model.apply(lambda m: m.bfloat16() if isinstance(m, nn.Embedding) else None)
     return model
 
 def compiles(args: Hyperparameters, device: torch.device) -> bool:
-    """COMPILE: 1 compiles, 0 does not, auto compiles on CUDA."""
     return args.compile == "1" or (args.compile == "auto" and device.type == "cuda")
 
 def compile_model(model: GPT, args: Hyperparameters, device: torch.device) -> GPT:
     """Compiles the model in place where COMPILE says so (static shapes: the evaluations pad their batches)."""
-    if compiles(args, device):
-        model.compile(dynamic=False, fullgraph=True)
+    if compiles(args, device): model.compile(dynamic=False, fullgraph=True)
     return model
 
 # ----------------------------------------------------------------------------- optimisers (§5)
-
 def newton_schulz5(g: Tensor, steps: int, dtype: torch.dtype = torch.float32, eps: float = 1e-7) -> Tensor:
     """Approximately orthogonalises each matrix of g by the quintic Newton-Schulz iteration, in dtype."""
     a, b, c = 3.4445, -4.7750, 2.0315
     x = g.to(dtype)
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     transposed = x.size(-2) > x.size(-1)
-    if transposed:
-        x = x.mT
+    if transposed: x = x.mT
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
@@ -804,7 +735,6 @@ all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_te
 
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, orthogonalised (Newton-Schulz), scaled by sqrt(max(1, rows/cols)), decoupled decay; sharded over ranks."""
-
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
                  update_dtype: torch.dtype = torch.float32, compiled: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
@@ -826,11 +756,8 @@ class Muon(torch.optim.Optimizer):
 
     def _flat(self, tensors: dict[int, Tensor], ranks, dtype: torch.dtype) -> Tensor:
         """The tensors (one per matrix) of these ranks' shares in the flat layout, each share padded."""
-        pieces = []
-        for rank in ranks:
-            pieces += [tensors[i].flatten() for i in self.shares[rank]]
-            pieces.append(torch.zeros(self.pads[rank], dtype=dtype, device=self.matrices[0].device))
-        return torch.cat(pieces)
+        pad = {rank: torch.zeros(self.pads[rank], dtype=dtype, device=self.matrices[0].device) for rank in ranks}
+        return torch.cat([t for rank in ranks for t in [tensors[i].flatten() for i in self.shares[rank]] + [pad[rank]]])
 
     @torch.no_grad()
     def sum_gradients(self) -> Tensor:
@@ -846,13 +773,11 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self):
-        if self.summed is None:  # used on its own: sum the gradients first
-            self.sum_gradients()
+        if self.summed is None: self.sum_gradients()  # used on its own: sum the gradients first
         group, params, mine = self.param_groups[0], self.matrices, self.shares[self.rank]
         lr, mu, base = group["lr"], group["momentum"], self.rank * self.share_numel
         by_shape, updates = {}, {}
-        for i in mine:
-            by_shape.setdefault(params[i].shape, []).append(i)
+        for i in mine: by_shape.setdefault(params[i].shape, []).append(i)
         for shape, indices in by_shape.items():
             directions = []
             for i in indices:
@@ -872,10 +797,8 @@ class Muon(torch.optim.Optimizer):
         torch._foreach_add_(params, [flat[self.offsets[i]:][:p.numel()].view_as(p) for i, p in enumerate(params)], alpha=-lr)
         self.summed = None
 
-class Optimizers(NamedTuple):
-    """Muon for the matrices, AdamW for the rest; iterating gives both."""
-    muon: Muon
-    adam: torch.optim.AdamW
+# Muon for the matrices, AdamW for the rest; iterating gives both
+Optimizers = NamedTuple("Optimizers", [("muon", Muon), ("adam", torch.optim.AdamW)])
 
 def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimizers:
     """Muon for every linear weight; fused AdamW for the embedding tables and for all the rest."""
@@ -887,17 +810,14 @@ def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimize
                 update_dtype=torch.bfloat16 if rt.bf16 else torch.float32, compiled=compiles(args, rt.device))
     adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr), dict(params=scalars, lr=args.scalar_lr)],
                              betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd, fused=True)
-    for group in muon.param_groups + adam.param_groups:
-        group["base_lr"] = group["lr"]
+    for group in muon.param_groups + adam.param_groups: group["base_lr"] = group["lr"]
     return Optimizers(muon, adam)
 
 def set_lr_scale(optimizers, scale: float):
     for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * scale
+        for group in opt.param_groups: group["lr"] = group["base_lr"] * scale
 
 # ----------------------------------------------------------------------------- training helpers (§5)
-
 @dataclass(frozen=True)
 class Runtime:
     rank: int
@@ -908,24 +828,17 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
     @property
     def grad_accum_steps(self) -> int:
         return MICRO_BATCHES // self.world_size
-
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
-
     def synchronize(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
+        if self.device.type == "cuda": torch.cuda.synchronize(self.device)
     def all_reduce(self, t: Tensor, op: str = "SUM") -> Tensor:
         """t reduced (SUM or MAX) over the ranks in place, nothing to do in one process; returns t."""
-        if self.world_size > 1:
-            dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+        if self.world_size > 1: dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return t
-
     def agree_max(self, *values) -> list[float]:
         """The largest of each value over all ranks, in one all-reduce: ranks take the same decisions."""
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
@@ -949,10 +862,8 @@ def setup_runtime() -> Runtime:
 
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     """Warmdown factor (§5): linear to 0 over the last WARMDOWN_ITERS steps (in time, with a wallclock cap)."""
-    if args.warmdown_iters == 0:
-        return 1.0
-    if args.max_wallclock_seconds == 0:
-        return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
+    if args.warmdown_iters == 0: return 1.0
+    if args.max_wallclock_seconds == 0: return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
     warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
     remaining_ms = max(1000 * args.train_seconds - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
@@ -963,22 +874,19 @@ def sum_gradients(params: list[Tensor], rt: Runtime) -> Tensor:
     for dtype in dict.fromkeys(p.dtype for p in params):  # the same order on every rank
         group = [p for p in params if p.dtype == dtype]
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in group])
-        for p, grad in zip(group, rt.all_reduce(flat).split([p.numel() for p in group])):
-            p.grad = grad.view_as(p)
+        for p, grad in zip(group, rt.all_reduce(flat).split([p.numel() for p in group])): p.grad = grad.view_as(p)
         square += flat.float().square().sum()
     return square
 
 def clip_gradients(grads: list[Tensor], square: Tensor, max_norm: float):
     """Scales the gradients by max_norm / (norm + 1e-6) where that is below 1, as clip_grad_norm_."""
-    if max_norm > 0:
-        torch._foreach_mul_(grads, (max_norm / (square.sqrt() + 1e-6)).clamp(max=1.0))
+    if max_norm > 0: torch._foreach_mul_(grads, (max_norm / (square.sqrt() + 1e-6)).clamp(max=1.0))
 
 def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt: Runtime) -> Tensor:
     """One optimiser step over this rank's micro-batches; returns their mean loss."""
     total = torch.zeros((), device=rt.device)
     for x, y in batches:
-        with rt.autocast():
-            loss = model(x, y)
+        with rt.autocast(): loss = model(x, y)
         (loss / (len(batches) * rt.world_size)).backward()
         total += loss.detach()
     rest = [p for group in optimizers.adam.param_groups for p in group["params"]]
@@ -1004,15 +912,13 @@ def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoa
     model.set_qat(False, False, args.soft_round_tau)
     model.recurring = False
     model.load_state_dict(weights)
-    for opt, state in zip(optimizers, states):
-        opt.load_state_dict(state)
+    for opt, state in zip(optimizers, states): opt.load_state_dict(state)
     loader.restore(stream)
 
 def start_recurrence(model: GPT, ema: EMA, log, when: str):
     """The repeats switch on as copies of their blocks, in the model and in its EMA."""
     model.start_recurrence()
-    for repeat, block in model.recurrence_copies():
-        ema.weights[repeat] = ema.weights[block].clone()
+    for repeat, block in model.recurrence_copies(): ema.weights[repeat] = ema.weights[block].clone()
     log(f"recurrence:enabled {when} layers:{','.join(map(str, model.recur_layers))} virtual_layers:{len(model.passes())}")
 
 def float_weights(model: nn.Module) -> dict[str, Tensor]:
@@ -1020,31 +926,25 @@ def float_weights(model: nn.Module) -> dict[str, Tensor]:
 
 class EMA:
     """Exponential moving average of all weights, in fp32."""
-
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.weights = decay, {k: v.clone() for k, v in float_weights(model).items()}
-
     @torch.no_grad()
     def update(self, model: nn.Module):
         torch._foreach_lerp_(list(self.weights.values()), list(float_weights(model).values()), 1 - self.decay)
 
 class SWA:
     """Plain average of the weight snapshots it is given, in fp32."""
-
     def __init__(self):
         self.sums, self.count = None, 0
-
     @torch.no_grad()
     def add(self, model: nn.Module):
         self.sums = {k: v.clone() if self.sums is None else self.sums[k] + v for k, v in float_weights(model).items()}
         self.count += 1
-
     @property
     def weights(self) -> dict[str, Tensor]:
         return {k: v / self.count for k, v in self.sums.items()}
 
 # ----------------------------------------------------------------------------- artifact (§6)
-
 SUBMISSION_LIMIT_BYTES = 16_000_000
 ARTIFACT_PATH, RAW_MODEL_PATH = Path("final_model.int6.ptz"), Path("final_model.pt")
 INT6_CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
@@ -1052,23 +952,19 @@ INT8_CLIP_QUANTILE = 0.9999984
 
 def quant_kind(name: str, t: Tensor, passthrough_max_numel: int = Hyperparameters.passthrough_max_numel) -> str:
     """passthrough (small or non-float), int6 (attention and MLP matrices) or int8 (the rest)."""
-    if not t.is_floating_point() or t.numel() <= passthrough_max_numel or t.ndim != 2:
-        return "passthrough"
+    if not t.is_floating_point() or t.numel() <= passthrough_max_numel or t.ndim != 2: return "passthrough"
     return "int6" if any(part in name for part in (".attn.", ".mlp.", ".proj.")) else "int8"
 
 def best_scale_per_row(w: Tensor, max_q: int, clip_quantiles, levels, error) -> tuple[Tensor, Tensor]:
     """Per row, the fp16 scale of the clip quantile of |w| whose levels(scale) give the least error."""
-    best_q = best_scale = best_err = None
+    best_q, best_scale, best_err = torch.zeros_like(w), torch.zeros(len(w), dtype=torch.half), torch.full((len(w),), math.inf)
     for quantile in clip_quantiles:
         clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
         scale = (clip / max_q).clamp_min(1 / max_q).half()
         q = levels(scale.float())
         err = error(w - q * scale.float()[:, None])
-        if best_err is None:
-            best_q, best_scale, best_err = q, scale, err
-        else:
-            better = err < best_err
-            best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
+        better = err < best_err
+        best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
 
 def quantize_rows(w: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor]:
@@ -1102,7 +998,6 @@ def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Ten
         u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped[order][:, order])), upper=True)
     except torch.linalg.LinAlgError:
         return None
-
     def levels(scale: Tensor) -> Tensor:
         q = torch.empty_like(w)
         q[:, order] = gptq_levels(w[:, order], u, scale, max_q)
@@ -1114,7 +1009,6 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
     """H = mean X^T X of each linear layer's input, keyed by its weight's name; averaged over ranks with rt."""
     sums, tokens = {}, 0
     names = {module: name + ".weight" for name, module in model.named_modules() if isinstance(module, CastedLinear)}
-
     def hook(module, inputs):
         x = inputs[0].detach().flatten(0, -2).float()
         sums[names[module]] = sums.get(names[module], 0) + x.T @ x
@@ -1125,24 +1019,20 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
                 model.forward_logits(ids)  # the uncompiled method: the hooks see every layer
             tokens += ids.numel()
     finally:
-        for handle in handles:
-            handle.remove()
+        for handle in handles: handle.remove()
     hessians = {name: h / max(tokens, 1) for name, h in sums.items()}
     if rt is not None and rt.world_size > 1:
-        for h in hessians.values():
-            rt.all_reduce(h).div_(rt.world_size)
+        for h in hessians.values(): rt.all_reduce(h).div_(rt.world_size)
     return hessians
 
 def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int], rt: Runtime | None) -> dict:
     """GPTQ of the matrices in max_qs (name: largest level), dealt out to ranks by cost; every rank gets all."""
     (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
-    if not names:  # clip search only (every rank agrees: the Hessians are the same on all): no collective
-        return {}
+    if not names: return {}  # clip search only (every rank agrees: the Hessians are the same on all): no collective
     shares = deal_out([state_dict[n].shape[0] * state_dict[n].shape[1] ** 2 for n in names], world_size)
     mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_qs[names[i]], INT6_CLIP_QUANTILES)
             for i in shares[rank]}
-    if world_size == 1:
-        return mine
+    if world_size == 1: return mine
     parts = [None] * world_size
     dist.all_gather_object(parts, mine)
     return {name: found for part in parts for name, found in part.items()}
@@ -1206,8 +1096,7 @@ def brotli_module(why: str):
 
 def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
     """The bytes at even positions, then those at odd positions (or, undo, back again)."""
-    if not undo:
-        return raw[0::2] + raw[1::2]
+    if not undo: return raw[0::2] + raw[1::2]
     out, half = bytearray(len(raw)), (len(raw) + 1) // 2
     out[0::2], out[1::2] = raw[:half], raw[half:]
     return bytes(out)
@@ -1215,17 +1104,13 @@ def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
 def compress_artifact(container: dict, compressor: str = "zstd") -> bytes:
     """torch.save, then zstd level 22, or the 'BSHF' header and brotli quality 11 of the byte-shuffled bytes."""
     raw = serialize(container)
-    if compressor == "brotli":
-        return BROTLI_HEADER + brotli_module("COMPRESSOR=brotli").compress(byte_shuffle(raw), quality=11)
+    if compressor == "brotli": return BROTLI_HEADER + brotli_module("COMPRESSOR=brotli").compress(byte_shuffle(raw), quality=11)
     return zstandard.ZstdCompressor(level=22).compress(raw)
 
 def artifact_compressor(path) -> str:
-    """brotli or zstd, by the artifact's header."""
-    with open(path, "rb") as f:
-        return "brotli" if f.read(len(BROTLI_HEADER)) == BROTLI_HEADER else "zstd"
+    with open(path, "rb") as f: return "brotli" if f.read(len(BROTLI_HEADER)) == BROTLI_HEADER else "zstd"
 
 def kind_counts(container: dict) -> str:
-    """How many tensors of each kind an artifact holds, for the log."""
     kinds = [m if m == "passthrough" else m["type"] for m in container["m"].values()]
     return " ".join(f"{kind}:{kinds.count(kind)}" for kind in ("int6", "int8", "passthrough"))
 
@@ -1238,13 +1123,10 @@ def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple
     counts, payload_bits, int6 = {"int6": 0, "int5": 0, "int8": 0, "passthrough": 0}, 0, []
     for name, t in state_dict.items():
         kind = quant_kind(name, t, args.passthrough_max_numel)
-        if kind == "int6":
-            int6.append(t.numel())
         counts[kind] += t.numel()
-        if kind == "passthrough":
-            payload_bits += t.numel() * (16 if t.is_floating_point() else 8 * t.element_size())
-        else:
-            payload_bits += t.numel() * (6 if kind == "int6" else 8) + 16 * t.shape[0]
+        int6 += [t.numel()] if kind == "int6" else []
+        bits = {"int6": 6, "int8": 8}.get(kind) or (16 if t.is_floating_point() else 8 * t.element_size())
+        payload_bits += t.numel() * bits + (16 * t.shape[0] if kind != "passthrough" else 0)  # and fp16 row scales
     narrowed = sum(sorted(int6)[:len(int6) - args.int6_matrices]) if args.int6_matrices else 0
     counts["int6"], counts["int5"], payload_bits = counts["int6"] - narrowed, narrowed, payload_bits - narrowed
     ratio = COMPRESSION_RATIO[args.compressor]
@@ -1280,9 +1162,7 @@ def code_bytes() -> int:
     return len(Path(__file__).read_bytes())
 
 # ----------------------------------------------------------------------------- evaluation (§7)
-
 def rank_share(n: int, rt: Runtime) -> slice:
-    """This rank's contiguous share of n items."""
     return slice(n * rt.rank // rt.world_size, n * (rt.rank + 1) // rt.world_size)
 
 def sliding_windows(n_targets: int, seq_len: int, stride: int) -> tuple[Tensor, Tensor]:
@@ -1307,8 +1187,7 @@ def score_windows(model: GPT, val_tokens: Tensor, starts: Tensor, score_from: Te
         scored = to_device(scored.flatten().nonzero().squeeze(1), rt.device)
         windows = val_tokens[first[:, None] + offsets].long()
         x, y = windows[:, :-1], windows[:, -tail:]
-        with rt.autocast():
-            nll = model(x, y, reduction="none")
+        with rt.autocast(): nll = model(x, y, reduction="none")
         meter.add(*(t.flatten()[scored] for t in (nll, x[:, -tail:], y)))
     model.train(was_training)
 
@@ -1316,11 +1195,8 @@ def evaluate(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hype
              stride: int | None = None) -> tuple[float, float]:
     """(val_loss, val_bpb): consecutive EVAL_SEQ_LEN sequences (§7.1), or with a stride sliding windows (§7.2)."""
     seq_len, n_targets = args.eval_seq_len, val_tokens.numel() - 1
-    if stride is None:
-        starts = torch.arange(n_targets // seq_len) * seq_len
-        score_from = torch.zeros_like(starts)
-    else:
-        starts, score_from = sliding_windows(n_targets, seq_len, stride)
+    starts = torch.arange(n_targets // seq_len) * seq_len
+    starts, score_from = (starts, torch.zeros_like(starts)) if stride is None else sliding_windows(n_targets, seq_len, stride)
     mine, meter = rank_share(len(starts), rt), BpbMeter(token_bytes, rt.device)
     score_windows(model, val_tokens.to(rt.device), starts[mine], score_from[mine], seq_len, meter,
                   max(1, args.val_batch_size // (rt.world_size * seq_len)), rt, stride)
@@ -1355,8 +1231,7 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
     n_chunks = -(-n_targets // chunk_tokens)
     bounds = torch.searchsorted((starts + score_from) // chunk_tokens, torch.arange(n_chunks + 1)).tolist()
     frozen = tuple(f"blocks.{i}." for i in range(args.ttt_freeze_blocks))
-    for name, p in model.named_parameters():
-        p.requires_grad_(not name.startswith(frozen))
+    for name, p in model.named_parameters(): p.requires_grad_(not name.startswith(frozen))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.ttt_lr, momentum=args.ttt_momentum)
     model.eval()  # QAT is off, and the fake quantiser is all that eval mode turns off
@@ -1378,25 +1253,9 @@ def evaluate_ttt(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: 
                 f"elapsed:{time.perf_counter() - t0:.1f}s")
     return *loss_and_bpb(rt.all_reduce(sums).sum(dim=0)), sums
 
-def final_evaluations(model: GPT, val_tokens: Tensor, token_bytes: TokenBytes, args: Hyperparameters, rt: Runtime, log):
-    """The three scored evaluations of the model holding the artifact's weights (§7), each timed."""
-    evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
-                   ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
-    if args.ttt_enabled:
-        evaluations.append(("final_ttt", lambda: evaluate_ttt(model, val_tokens, token_bytes, args, rt, log)[:2]))
-    for name, run in evaluations:
-        rt.synchronize()
-        t0 = time.perf_counter()
-        val_loss, val_bpb = run()
-        rt.synchronize()
-        log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
-        log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
-
 # ----------------------------------------------------------------------------- main
-
 class Logger:
     """Rank 0 writes logs/<RUN_ID>.txt and echoes to stdout; other ranks stay silent."""
-
     def __init__(self, run_id: str, enabled: bool):
         self.file = None
         path = Path("logs") / f"{run_id}.txt"
@@ -1415,8 +1274,7 @@ class Logger:
                 self.file.write(message + "\n")
             except OSError as e:
                 raise RunError(f"cannot write the log {self.file.name}: {e.strerror or e}") from None
-            if console:
-                print(message, flush=True)
+            if console: print(message, flush=True)
 
     @contextmanager
     def failures(self):
@@ -1424,19 +1282,8 @@ class Logger:
         try:
             yield
         except RunError as e:
-            with suppress(RunError):
-                self(f"ERROR: {e}", console=False)
+            with suppress(RunError): self(f"ERROR: {e}", console=False)
             raise
-
-def log_environment(log: Logger):
-    """The source of this script, versions and GPUs, ahead of the run (§8)."""
-    log(Path(__file__).read_text(encoding="utf-8"), console=False)
-    log("=" * 100, console=False)
-    log(f"Running Python {sys.version}", console=False)
-    log(f"Running PyTorch {torch.__version__}", console=False)
-    if shutil.which("nvidia-smi"):
-        log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
-    log("=" * 100, console=False)
 
 def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, token_bytes: TokenBytes, log,
           clock) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
@@ -1465,7 +1312,6 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
             if stop_after is not None:
                 log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
             break
-
         scale = lr_scale(step, elapsed_ms, args)
         if model.recur_layers and not model.recurring and step >= args.recur_step:
             start_recurrence(model, ema, log, f"step:{step}")
@@ -1480,18 +1326,14 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         set_lr_scale(optimizers, scale)
         warm = min(step / args.muon_momentum_warmup_steps, 1.0) if args.muon_momentum_warmup_steps else 1.0
         optimizers.muon.param_groups[0]["momentum"] = (1 - warm) * args.muon_momentum_warmup_start + warm * args.muon_momentum
-
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
-        if args.ttt_burst_enabled and scale < args.ttt_burst_trigger:
-            burst.append((step, batches))
+        if args.ttt_burst_enabled and scale < args.ttt_burst_trigger: burst.append((step, batches))
         train_loss = train_step(model, batches, optimizers, args.grad_clip_norm, rt)
         ema.update(model)
         step += 1
         if args.swa_enabled and scale < args.swa_trigger and step % args.swa_every == 0:
-            if swa.count == 0:
-                log(f"swa:start step:{step}")
+            if swa.count == 0: log(f"swa:start step:{step}")
             swa.add(model)
-
         # one all-reduce: ranks agree on the clock, and stop together on a diverged loss
         elapsed_ms, diverged = rt.agree_max(training_ms + 1000 * (clock() - t0), ~torch.isfinite(train_loss))
         need(not diverged, f"training loss is not finite at step {step}: the run diverged (learning rates too high?); "
@@ -1525,8 +1367,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     average = "swa" if args.weight_avg == "swa" and swa.count > 0 else "ema"
     log(f"weight_avg:swa snapshots:{swa.count}" if average == "swa" else f"weight_avg:ema decay:{args.ema_decay}")
     weights = swa.weights if average == "swa" else ema.weights
-    if args.quant_method != "gptq":
-        return average, weights, None
+    if args.quant_method != "gptq": return average, weights, None
     model.load_state_dict(weights)
     return average, weights, calibrate(model, loader, training_ms, args, rt, log, clock)
 
@@ -1536,8 +1377,7 @@ def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
     g = torch.Generator(device=rt.device).manual_seed(args.seed + rt.rank)
     ids = torch.randint(args.vocab_size, (n, 1), generator=g, device=rt.device)
     for _ in range(args.train_seq_len - 1):
-        with rt.autocast():
-            logits = model.forward_logits(ids)[:, -1].float()
+        with rt.autocast(): logits = model.forward_logits(ids)[:, -1].float()
         ids = torch.cat([ids, torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1, generator=g)], dim=1)
     return ids
 
@@ -1551,7 +1391,6 @@ def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader, traini
         log(f"gptq:calibration source:self sequences:{per_rank * rt.world_size} time:{1000 * (clock() - t0):.0f}ms")
         return hessians
     taken, longest = [0], 0.0
-
     def stream():
         nonlocal longest
         while taken[0] < per_rank:
@@ -1584,23 +1423,24 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
             log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
             log(f"Code size: {code_bytes()} bytes")
             log(f"quantized_tensors: {kind_counts(container)}")
-            if hessians:
-                log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
+            if hessians: log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
     need(not rt.agree_max(float(bool(failure)))[0], failure or "rank 0 could not write the model files", RunError)
 
 def main(clock=time.perf_counter):
     args, rt = Hyperparameters(), setup_runtime()
     log = Logger(args.run_id, rt.is_main)
     with log.failures():
-        log_environment(log)
-        log("hyperparameters: " + json.dumps(args.as_dict()))
+        log("\n".join([Path(__file__).read_text(encoding="utf-8"), "=" * 100, f"Running Python {sys.version}",
+                       f"Running PyTorch {torch.__version__}"]), console=False)  # the source, versions and GPUs (§8)
+        if shutil.which("nvidia-smi"): log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
+        log("=" * 100, console=False)
+        log("hyperparameters: " + json.dumps(vars(args)))
         attention = attention_backend(args.attention, rt.device)
         if rt.device.type == "cuda" and attention == "sdpa" and args.attention == "auto":
             log("WARNING: flash_attn_interface (FlashAttention-3) does not import: attention runs on PyTorch SDPA, "
                 "and the record's step times (85 ms on 8xH100) assume FlashAttention-3")
         artifact = existing_file(args.eval_artifact, "EVAL_ARTIFACT") if args.eval_artifact else ARTIFACT_PATH
-        if args.compressor == "brotli" and not args.eval_artifact:
-            brotli_module("COMPRESSOR=brotli")  # at start, not after training
+        if args.compressor == "brotli" and not args.eval_artifact: brotli_module("COMPRESSOR=brotli")  # now, not after training
         token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
         val_files = list_shards(args.data_path, "val")
         train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
@@ -1624,16 +1464,24 @@ def main(clock=time.perf_counter):
             log(f"DIAGNOSTIC post_{average} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
                 f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
             save_model(averaged, artifact, args, rt, log, hessians)
-
         model_bytes, compressor = artifact.stat().st_size, artifact_compressor(artifact)
         total_bytes = model_bytes + code_bytes()
         log(f"Serialized model int6+{compressor}: {model_bytes} bytes")
         log(f"Total submission size int6+{compressor}: {total_bytes} bytes")
         over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
-        if total_bytes >= SUBMISSION_LIMIT_BYTES:
-            log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
+        if total_bytes >= SUBMISSION_LIMIT_BYTES: log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
         model.load_state_dict(dequantize_state_dict(load_artifact(artifact), model.state_dict()))
-        final_evaluations(model, val_tokens, token_bytes, args, rt, log)
+        evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
+                       ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
+        if args.ttt_enabled:
+            evaluations.append(("final_ttt", lambda: evaluate_ttt(model, val_tokens, token_bytes, args, rt, log)[:2]))
+        for name, run in evaluations:  # the scored evaluations of the artifact's weights (§7), each timed
+            rt.synchronize()
+            t0 = time.perf_counter()
+            val_loss, val_bpb = run()
+            rt.synchronize()
+            log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+            log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
         need(total_bytes < SUBMISSION_LIMIT_BYTES, over_limit, RunError)
     if rt.world_size > 1:
         dist.barrier()  # no rank tears its group down while another still talks to it

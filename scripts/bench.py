@@ -324,7 +324,7 @@ def option_setups(args, rt) -> dict:
     """Per option: (its hyperparameters, a model built with them as a run builds it), the repeats on."""
     setups = {}
     for name, overrides in options(args).items():
-        option_args = tg.Hyperparameters(**{**args.as_dict(), **overrides})
+        option_args = tg.Hyperparameters(**{**vars(args), **overrides})
         model = tg.compile_model(tg.place_model(tg.build_model(option_args), rt), option_args, rt.device)
         if option_args.recur_layers:
             model.start_recurrence()

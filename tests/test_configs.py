@@ -18,7 +18,7 @@ def test_record_env_states_every_hyperparameter_at_its_default():
     env = read(REPO / "configs" / "record.env")
     assert set(env) == {name.upper() for name in tg.Hyperparameters.defaults()} - {n.upper() for n in NOT_CONFIGURATION}
     args = tg.Hyperparameters(**{k.lower(): v for k, v in env.items()}, run_id="record")
-    assert {k: v for k, v in args.as_dict().items() if k not in NOT_CONFIGURATION} == \
+    assert {k: v for k, v in vars(args).items() if k not in NOT_CONFIGURATION} == \
         {k: v for k, v in tg.Hyperparameters.defaults().items() if k not in NOT_CONFIGURATION}
 
 

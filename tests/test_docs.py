@@ -1,5 +1,5 @@
 """The README stays in sync with the code: every hyperparameter in its table with its default,
-and .ci/run runs the README's test command."""
+and .ci/run runs the README's test command; train_gpt.py stays one file read top to bottom."""
 import re
 
 from conftest import REPO
@@ -38,3 +38,11 @@ def test_ci_runs_the_readme_test_command():
     assert ci.strip().splitlines()[-1] == command
     assert "pip install -q -r requirements.txt" in ci
     assert re.search(r"^torch==\d", (REPO / "requirements.txt").read_text(), flags=re.M), "torch must be pinned"
+
+
+def test_train_gpt_stays_under_1500_lines_in_the_order_its_docstring_gives():
+    source = (REPO / "train_gpt.py").read_text()
+    assert len(source.splitlines()) < 1500
+    stated = re.search(r"reads top to bottom:(.*?)\. Importing", train_gpt.__doc__, flags=re.S)[1]
+    banners = re.findall(r"^# -{20,} (.+?)(?: \(§[\d.]+\))?$", source, flags=re.M)
+    assert banners == [part.strip().removesuffix("()") for part in stated.split("->")]
