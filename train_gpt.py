@@ -251,12 +251,12 @@ def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
     size = Path(path).stat().st_size
     need(size >= SHARD_HEADER_BYTES, f"shard {path}: {size} bytes, shorter than the {SHARD_HEADER_BYTES}-byte header")
-    magic, version, count = np.fromfile(path, dtype="<i4", count=3)
+    magic, version, count = map(int, np.fromfile(path, dtype="<i4", count=3))  # Python ints: no overflow in 2 * count
     need(magic == SHARD_MAGIC, f"shard {path}: magic {magic}, expected {SHARD_MAGIC} (not a challenge shard)")
     need(version == SHARD_VERSION, f"shard {path}: version {version}, expected {SHARD_VERSION}")
     need(count >= 0 and size == SHARD_HEADER_BYTES + 2 * count, f"shard {path}: {size} bytes, but its header promises "
          f"{count} tokens ({SHARD_HEADER_BYTES + 2 * count} bytes): truncated or corrupt")
-    return int(count)
+    return count
 
 def read_shard(path) -> np.ndarray:
     """A shard's tokens, mapped from disk (read as they are used)."""
@@ -315,8 +315,7 @@ class DistributedTokenLoader:
     def state(self) -> tuple[int, int]:
         return self.file_idx, self.pos
     def restore(self, state: tuple[int, int]):
-        self.file_idx, self.pos = state
-        self.tokens = read_shard(self.files[self.file_idx])
+        self.tokens, (self.file_idx, self.pos) = read_shard(self.files[state[0]]), state
 
 class CoprimeLoader:
     """A later record's loader (§2): steps from 8 -> 64 shards read in coprime-stride passes; the same at any world size."""
@@ -369,8 +368,8 @@ class CoprimeLoader:
         self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
 
 def make_loader(files, args: Hyperparameters, rt: Runtime):
-    if args.loader == "stream": return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
-    return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    if args.loader == "coprime": return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
     """The val shards (their first `limit` targets if limit > 0), cut to whole sequences plus one token."""
@@ -620,9 +619,9 @@ class GPT(nn.Module):
     def _init_weights(self, args: Hyperparameters):
         nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
         nn.init.zeros_(self.bigram.embed.weight)
-        for module in self.modules():  # output projections zero, the other matrices orthogonal (tiny ones as they are)
-            if isinstance(module, CastedLinear) and (module.zero_init or min(module.weight.shape) >= 64):
-                (nn.init.zeros_ if module.zero_init else nn.init.orthogonal_)(module.weight)
+        for module in (m for m in self.modules() if isinstance(m, CastedLinear)):
+            if module.zero_init: nn.init.zeros_(module.weight)
+            elif min(module.weight.shape) >= 64: nn.init.orthogonal_(module.weight)
         if self.ve_index: nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
         for proj in [self.bigram.proj] + ([self.ve_shared.proj] if self.ve_index else []):
             proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
@@ -957,13 +956,13 @@ def quant_kind(name: str, t: Tensor, passthrough_max_numel: int = Hyperparameter
 
 def best_scale_per_row(w: Tensor, max_q: int, clip_quantiles, levels, error) -> tuple[Tensor, Tensor]:
     """Per row, the fp16 scale of the clip quantile of |w| whose levels(scale) give the least error."""
-    best_q, best_scale, best_err = torch.zeros_like(w), torch.zeros(len(w), dtype=torch.half), torch.full((len(w),), math.inf)
-    for quantile in clip_quantiles:
+    best_q, best_scale, best_err = torch.zeros_like(w), w.new_zeros(len(w), dtype=torch.half), w.new_full((len(w),), math.inf)
+    for i, quantile in enumerate(clip_quantiles):
         clip = w.abs().amax(dim=1) if quantile == 1.0 else torch.quantile(w.abs(), quantile, dim=1)
         scale = (clip / max_q).clamp_min(1 / max_q).half()
         q = levels(scale.float())
         err = error(w - q * scale.float()[:, None])
-        better = err < best_err
+        better = (err < best_err) | (i == 0)  # the first candidate whatever its error (even NaN)
         best_q, best_scale, best_err = torch.where(better[:, None], q, best_q), torch.where(better, scale, best_scale), torch.minimum(err, best_err)
     return best_q.to(torch.int8), best_scale
 
@@ -1124,7 +1123,7 @@ def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple
     for name, t in state_dict.items():
         kind = quant_kind(name, t, args.passthrough_max_numel)
         counts[kind] += t.numel()
-        int6 += [t.numel()] if kind == "int6" else []
+        if kind == "int6": int6.append(t.numel())
         bits = {"int6": 6, "int8": 8}.get(kind) or (16 if t.is_floating_point() else 8 * t.element_size())
         payload_bits += t.numel() * bits + (16 * t.shape[0] if kind != "passthrough" else 0)  # and fp16 row scales
     narrowed = sum(sorted(int6)[:len(int6) - args.int6_matrices]) if args.int6_matrices else 0

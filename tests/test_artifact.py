@@ -161,6 +161,16 @@ def row_error(w, q, scale):
     return (q.float() * scale.float()[:, None] - w).square().sum(dim=1)
 
 
+def test_a_non_finite_row_stays_non_finite_and_is_not_zeroed():
+    """A row whose scale overflows fp16 or whose weights are NaN keeps its non-finite scale, so the
+    roundtrip evaluation stops the run, instead of being quantised to zeros."""
+    w = torch.ones(3, 128)
+    w[0, 5], w[1] = float("nan"), 3e6  # 3e6 / 31 overflows fp16
+    q, scale = tg.quantize_rows(w, 31, tg.INT6_CLIP_QUANTILES)
+    assert not scale[:2].isfinite().any() and torch.equal(scale[2:], torch.tensor([1 / 31]).half())
+    assert torch.equal(q[2], torch.full((128,), 31, dtype=torch.int8))
+
+
 def test_clip_search_never_worse_than_row_max():
     w = heavy_tailed_rows()
     q, scale = tg.quantize_rows(w, 31, tg.INT6_CLIP_QUANTILES)

@@ -93,6 +93,16 @@ def test_file_shorter_than_header(tmp_path, size):
     assert str(path) in str(info.value)
 
 
+def test_a_header_beyond_2_gib_is_sized_without_overflow(tmp_path):
+    """A count above 2**30 tokens: the size it promises is computed in Python ints, not int32."""
+    path = tmp_path / "fineweb_train_000000.bin"
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = MAGIC, VERSION, 1_200_000_000
+    path.write_bytes(header.tobytes())
+    with pytest.raises(InputError, match=r"promises 1200000000 tokens \(2400001024 bytes\)"):
+        shard_token_count(path)
+
+
 @pytest.mark.parametrize("tokens", [[1, 2, -1], [65536], [0, 70000, 3], [[1, 2], [3, 4]]])
 def test_write_shard_rejects_bad_tokens(tmp_path, tokens):
     path = tmp_path / "bad.bin"
