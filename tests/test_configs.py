@@ -30,6 +30,17 @@ def test_every_configuration_is_valid_and_fits(path):
     assert estimate + len(Path(tg.__file__).read_bytes()) < tg.SUBMISSION_LIMIT_BYTES
 
 
+def test_the_estimates_stated_for_beyond_env_are_its_own():
+    """The size that configs/beyond.env and the README state (in MB, to 0.01) is what the start of a
+    run with it estimates."""
+    import re
+    args = tg.Hyperparameters(**{k.lower(): v for k, v in read(REPO / "configs" / "beyond.env").items()}, run_id="config")
+    estimate = tg.estimate_size(tg.build_model(args).state_dict(), args)[0] + tg.code_bytes()
+    for path in (REPO / "configs" / "beyond.env", REPO / "README.md"):
+        stated = re.search(r"[Ee]stimated at (?:start: )?about ([\d.]+) MB with the code", path.read_text())
+        assert stated and abs(float(stated[1]) * 1e6 - estimate) < 0.005e6, path.name
+
+
 def test_beyond_env_is_the_combination_measured_on_the_proxy():
     """configs/beyond.env sets exactly the options of the combination arm in docs/proxy.md (less the
     proxy's own step counts, scaled to its length), to the same values."""
