@@ -282,7 +282,7 @@ def check_token_ids(files, vocab_size: int, rt: Runtime):
     """Stops at start on a token id >= VOCAB_SIZE; each rank reads its share of the shards."""
     largest = torch.zeros(len(files), dtype=torch.float64)
     for i in range(rt.rank, len(files), rt.world_size): largest[i] = float(read_shard(files[i]).max(initial=0))
-    for f, top in zip(files, rt.agree_max(*largest)):
+    for f, top in zip(files, rt.all_reduce(largest.to(rt.device), "MAX").tolist()):
         need(top < vocab_size, f"shard {f} holds token id {top:.0f}, not below VOCAB_SIZE={vocab_size} (another tokenizer's data?)")
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:

@@ -7,8 +7,8 @@
     python scripts/bench.py --config default --chunks 50 --repeat 1  # the record's model (needs FineWeb)
 
 Prints one table: training ms/step, the training ms/step of each of the later records' options
-against the default (raced in the same run: parallel residuals from block 7, depth recurrence of
-blocks 4,5 with the repeats on, the coprime-stride loader), with several ranks the bytes each rank sends per step, tokens/s
+against the default (raced in the same run, placed by depth: parallel residuals from block 7 of 11,
+depth recurrence of blocks 4,5 of 11 with the repeats on, the coprime-stride loader), with several ranks the bytes each rank sends per step, tokens/s
 of the standard, sliding and TTT evaluations, and the time to quantise and compress the weights; for
 each, ours, the baseline and the ratio, and what both reach. Below it, the arithmetic floor of a
 training step.

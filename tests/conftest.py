@@ -5,6 +5,7 @@ to run a function on several gloo ranks. Test files import the plain helpers wit
 need it (test_summarize.py) still runs while train_gpt.py cannot be imported."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -34,6 +35,12 @@ def load_tool(relative_path: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def make_sample():
+    """data/make_sample.py as a module, loaded once: the sample builder and the shard writer."""
+    return load_tool("data/make_sample.py", "make_sample")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,7 +89,7 @@ def tiny_data(tmp_path_factory) -> Path:
     """A directory with fineweb_train_00000{0,1}.bin, fineweb_val_000000.bin and sample_512_bpe.model
     (byte fallback on), built by data/make_sample.py from a slice of the stdlib docstrings."""
     out = tmp_path_factory.mktemp("tiny_data")
-    load_tool("data/make_sample.py", "make_sample").build_sample(out, vocab_size=TINY_VOCAB, max_chars=150_000)
+    make_sample().build_sample(out, vocab_size=TINY_VOCAB, max_chars=150_000)
     return out
 
 
@@ -96,12 +103,7 @@ def tiny_run_env(data: Path, **overrides) -> dict:
 def write_shard(path, tokens):
     """A shard in the challenge format (the writer of data/make_sample.py), written as train_gpt writes files."""
     import train_gpt as tg
-    global _make_sample
-    _make_sample = _make_sample or load_tool("data/make_sample.py", "make_sample")
-    tg.atomic_write({path: _make_sample.shard_bytes(tokens)})
-
-
-_make_sample = None
+    tg.atomic_write({path: make_sample().shard_bytes(tokens)})
 
 
 # ----------------------------------------------------------------------------- environments

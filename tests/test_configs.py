@@ -1,5 +1,6 @@
 """configs/: the record's configuration stated in full, and every configuration file readable by
 train_gpt.py's Hyperparameters."""
+import re
 from pathlib import Path
 
 import pytest
@@ -27,13 +28,12 @@ def test_every_configuration_is_valid_and_fits(path):
     env = read(path)
     args = tg.Hyperparameters(**{k.lower(): v for k, v in env.items()}, run_id="config")
     estimate, _ = tg.estimate_size(tg.build_model(args).state_dict(), args)
-    assert estimate + len(Path(tg.__file__).read_bytes()) < tg.SUBMISSION_LIMIT_BYTES
+    assert estimate + tg.code_bytes() < tg.SUBMISSION_LIMIT_BYTES
 
 
 def test_the_estimates_stated_for_beyond_env_are_its_own():
     """The size that configs/beyond.env and the README state (in MB, to 0.01) is what the start of a
     run with it estimates."""
-    import re
     args = tg.Hyperparameters(**{k.lower(): v for k, v in read(REPO / "configs" / "beyond.env").items()}, run_id="config")
     estimate = tg.estimate_size(tg.build_model(args).state_dict(), args)[0] + tg.code_bytes()
     for path in (REPO / "configs" / "beyond.env", REPO / "README.md"):
@@ -44,7 +44,6 @@ def test_the_estimates_stated_for_beyond_env_are_its_own():
 def test_beyond_env_is_the_combination_measured_on_the_proxy():
     """configs/beyond.env sets exactly the options of the combination arm in docs/proxy.md (less the
     proxy's own step counts, scaled to its length), to the same values."""
-    import re
     proxy = load_tool("scripts/proxy.py", "proxy")
     env = read(REPO / "configs" / "beyond.env")
     arm = re.search(r"--arm (beyond:\S+?)[`\s]", (REPO / "docs" / "proxy.md").read_text())

@@ -95,10 +95,7 @@ def test_file_shorter_than_header(tmp_path, size):
 
 def test_a_header_beyond_2_gib_is_sized_without_overflow(tmp_path):
     """A count above 2**30 tokens: the size it promises is computed in Python ints, not int32."""
-    path = tmp_path / "fineweb_train_000000.bin"
-    header = np.zeros(256, dtype="<i4")
-    header[:3] = MAGIC, VERSION, 1_200_000_000
-    path.write_bytes(header.tobytes())
+    path = raw_shard(tmp_path / "fineweb_train_000000.bin", [], count=1_200_000_000)
     with pytest.raises(InputError, match=r"promises 1200000000 tokens \(2400001024 bytes\)"):
         shard_token_count(path)
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from conftest import load_tool
+from conftest import make_sample
 from train_gpt import shard_token_count
 
 VOCAB = 1024
 MAX_CHARS = 300_000
 
-ms = load_tool("data/make_sample.py", "make_sample")
+ms = make_sample()
 
 
 def shard_tokens(path):
