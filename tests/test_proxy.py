@@ -32,11 +32,44 @@ def test_the_corpus_is_deterministic_and_held_out_by_whole_file(tmp_path):
     assert tg.shard_token_count(first / "fineweb_val_000000.bin") == counts["val_tokens"] >= SMALL["min_val"]
     sp = tg.load_tokenizer(first / "proxy_1024_bpe.model", 1024)
     assert sp.vocab_size() == 1024 and 1.0 < counts["bytes_per_token"] < 6.0
-    docs = make_proxy.collect_documents(SMALL["max_chars"])
-    val, rest = docs[::make_proxy.VAL_EVERY], [d for i, d in enumerate(docs) if i % make_proxy.VAL_EVERY]
-    assert counts["val_docs"] == len(val) and counts["train_docs"] == len(rest)
-    assert not set(val) & set(rest)  # no validation file is also a training file
-    assert any("def " in d for d in docs) and any("#" in d for d in docs)  # whole files: code and comments
+    files = make_proxy.collect_files(SMALL["max_chars"])
+    train_docs, val_docs = make_proxy.split_corpus(files)
+    assert counts["val_docs"] == len(val_docs) and counts["train_docs"] == len(train_docs)
+    # every file's documents are all held out or all trained on, and together they are the file's text
+    val_files, train_files = {i for i, _ in val_docs}, {i for i, _ in train_docs}
+    assert not val_files & train_files and len(val_files) == max(1, len(files) // make_proxy.VAL_EVERY)
+    for i, (_, text) in enumerate(files):
+        docs = [d for j, d in train_docs + val_docs if j == i]
+        assert sorted(docs) == sorted(make_proxy.split_documents(text))
+    assert all(len(d) <= make_proxy.MAX_DOC_CHARS for _, d in train_docs + val_docs)
+    assert any("def " in d for _, d in train_docs) and any("#" in d for _, d in train_docs)  # code and comments
+
+
+def adjacent_same(labels: list) -> int:
+    return sum(a == b for a, b in zip(labels, labels[1:]))
+
+
+def test_the_documents_are_shuffled_and_their_order_depends_on_the_seed_alone():
+    """Documents of one package are not adjacent beyond chance: in a random order the expected number of
+    neighbours from the same package is sum n_p (n_p - 1) / N; in file order nearly every one is."""
+    files = make_proxy.collect_files(3_000_000)
+    for docs in make_proxy.split_corpus(files):
+        packages = [files[i][0] for i, _ in docs]
+        n = len(packages)
+        expected = sum(packages.count(p) * (packages.count(p) - 1) for p in set(packages)) / n
+        in_file_order = adjacent_same(sorted(packages, key=packages.index))
+        assert in_file_order > 0.9 * (n - len(set(packages)))
+        assert adjacent_same(packages) <= expected + 4 * expected ** 0.5 + 3, (adjacent_same(packages), expected)
+    again, other = make_proxy.split_corpus(files), make_proxy.split_corpus(files, seed=1)
+    assert again == make_proxy.split_corpus(files) and other != again
+
+
+def test_documents_are_whole_paragraphs_of_bounded_length():
+    text = "\n\n".join(f"paragraph {i}\n" + "x" * 50 for i in range(200)) + "\n\n" + "y" * 130 + "\n" + "z" * 10
+    docs = make_proxy.split_documents(text, max_chars=300)
+    assert all(len(d) <= 300 for d in docs) and "".join(docs).replace("\n", "") == text.replace("\n", "")
+    assert all(d.startswith("paragraph ") for d in docs[:-1])  # cut at blank lines only
+    assert make_proxy.split_documents("a" * 700, max_chars=300) == ["a" * 300, "a" * 300, "a" * 100]
 
 
 def test_too_small_a_corpus_is_one_line(tmp_path):
