@@ -9,7 +9,7 @@ evaluation -> main(). Importing it has no side effects.
 """
 from __future__ import annotations
 
-import copy, io, itertools, json, math, os, re, shutil, subprocess, sys, time, uuid
+import copy, difflib, io, itertools, json, math, os, re, shutil, signal, subprocess, sys, threading, time, uuid
 from collections import deque
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -33,9 +33,15 @@ except ImportError:
 MICRO_BATCHES = 8  # micro-batches per optimiser step: world_size x grad_accum_steps (the record's 8 GPUs x 1)
 
 class RunError(Exception):
-    """The run cannot go on: it stops with this one-line message, logged and printed, and exit 1."""
+    """The run cannot go on: it stops with this one-line message, logged and printed (by rank 0), and exit_code."""
+    exit_code = 1
 class InputError(RunError):
     """Bad input (environment, data, tokenizer, artifact), found before it can cost a run."""
+class Stopped(RunError):
+    """A signal stopped the run: Ctrl-C (SIGINT), or SIGTERM (from torchrun when another rank failed, or a scheduler)."""
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.exit_code = 128 + signum
 def need(ok, message: str, error: type[RunError] = InputError):
     """Stops the run with error(message) unless ok: every check of the input, and the run's own stops."""
     if not ok: raise error(message)
@@ -195,8 +201,8 @@ class Hyperparameters:
         need(not self.recur_layers or self.warmup_steps >= 4, "RECUR_LAYERS needs WARMUP_STEPS >= 4 (priming builds "
              "each graph: QAT off and on, the repeats off and on)")
         need(list(self.recur_layers) == list(range(self.recur_layers[0], self.recur_layers[-1] + 1)) and
-             self.recur_layers[-1] < (self.parallel_from or self.num_layers) if self.recur_layers else True,
-             f"RECUR_LAYERS={','.join(map(str, self.recur_layers))} must be consecutive blocks before PARALLEL_FROM "
+             0 <= self.recur_layers[0] and self.recur_layers[-1] < (self.parallel_from or self.num_layers) if self.recur_layers else True,
+             f"RECUR_LAYERS={','.join(map(str, self.recur_layers))} must be consecutive blocks from 0 on, before PARALLEL_FROM "
              f"(or NUM_LAYERS={self.num_layers})")
         need(self.parallel_from == 0 or self.num_layers // 2 <= self.parallel_from < self.num_layers,
              f"PARALLEL_FROM={self.parallel_from} must be 0 (off) or a decoder block in [{self.num_layers // 2}, {self.num_layers})")
@@ -215,13 +221,22 @@ def _parse(env_name: str, raw, kind: type):
     """One environment value as the type of its default; InputError naming the variable otherwise."""
     text = ",".join(map(str, raw)) if isinstance(raw, (tuple, list)) else str(raw).strip()
     try:
-        if kind is tuple: return tuple(int(v) for v in text.split(",") if v.strip())
+        if kind is tuple: return tuple(int(v) for v in text.split(",")) if text else ()  # "4,,5" and "4," are refused
         value = {"1": True, "true": True, "0": False, "false": False}[text.lower()] if kind is bool else kind(text)
         if kind is float and not math.isfinite(value): raise ValueError
         return value
     except (ValueError, KeyError):
         expected = {bool: "0 or 1", tuple: "comma-separated integers", int: "an integer", float: "a finite number"}[kind]
         raise InputError(f"{env_name}={text!r} is not valid: expected {expected}") from None
+
+OTHER_VARIABLES = {"SEEDS", "NPROC", "CONFIG", "RUN_PREFIX"}  # scripts/run_seeds.sh's own, close to SEED
+
+def check_variable_names(environ):
+    """Stops on a variable that looks like a misspelt hyperparameter (MATIX_LR=...), which would otherwise be ignored."""
+    known = [name.upper() for name in Hyperparameters.defaults()]
+    for name in sorted(set(environ) - set(known) - OTHER_VARIABLES):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        need(not close, f"{name} is not a hyperparameter: did you mean {close[0] if close else ''}? (unset it to go on)")
 
 # ----------------------------------------------------------------------------- data (§2)
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_BYTES = 20240520, 1, 256 * 4
@@ -245,7 +260,8 @@ def atomic_write(files: dict):
         done = f"{', '.join(replaced)} already replaced" if replaced else "nothing was written"
         raise RunError(f"cannot write {path}: {e.strerror or e}; {done}") from None
     finally:
-        for tmp in temps.values(): tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            with suppress(OSError): tmp.unlink(missing_ok=True)  # e.g. a read-only folder, where none was made
 
 def shard_token_count(path) -> int:
     """Checks a shard's header and size; returns its token count."""
@@ -325,7 +341,7 @@ class CoprimeLoader:
 
     def _start_pass(self, i: int, span: int):
         phase = int(self.rng.integers(span))
-        blocks = (len(self.shards[i]) - phase) // span
+        blocks = max(len(self.shards[i]) - phase, 0) // span
         stride = int(self.rng.integers(1, max(blocks, 2)))
         while math.gcd(stride, blocks) != 1: stride = int(self.rng.integers(1, blocks))
         self.passes[i] = [phase, blocks, int(self.rng.integers(max(blocks, 1))), stride, 0]  # ..., blocks read
@@ -368,7 +384,10 @@ class CoprimeLoader:
         self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
 
 def make_loader(files, args: Hyperparameters, rt: Runtime):
-    if args.loader == "coprime": return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    if args.loader == "coprime":
+        need(any(shard_token_count(f) > args.train_seq_len for f in files), f"LOADER=coprime reads each sequence from one "
+             f"shard, and no training shard holds TRAIN_SEQ_LEN + 1 = {args.train_seq_len + 1} tokens")
+        return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
     return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
@@ -614,6 +633,7 @@ class GPT(nn.Module):
         self.recur_layers, self.recurring, self.ln_scale = list(args.recur_layers), False, args.ln_scale
         if self.recur_layers:  # after the initialisation: copied from their blocks when they switch on
             self.repeats = nn.ModuleList(Repeat(args) for _ in self.recur_layers)
+            self.register_buffer("config_recur_layers", torch.tensor(self.recur_layers))  # in the artifact: checked on load
 
     @torch.no_grad()
     def _init_weights(self, args: Hyperparameters):
@@ -842,6 +862,42 @@ class Runtime:
         """The largest of each value over all ranks, in one all-reduce: ranks take the same decisions."""
         t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(self.device) for v in values])
         return self.all_reduce(t, "MAX").tolist()
+
+    @contextmanager
+    def agreed(self):
+        """Checks that may fail on some ranks alone (the log, files): every rank learns every rank's error, and all stop
+        together with them, rather than waiting for a peer in the next collective. No collective may run inside."""
+        error = None
+        try:
+            yield
+        except InputError as e:
+            error = e
+        if self.world_size > 1:
+            found = [None] * self.world_size
+            dist.all_gather_object(found, None if error is None else str(error))
+            failed = {rank: message for rank, message in enumerate(found) if message is not None}
+            if len(failed) == self.world_size and len(set(found)) == 1: raise InputError(found[0])
+            if failed: raise InputError("; ".join(f"rank {rank}: {message}" for rank, message in failed.items()))
+        if error is not None: raise error
+
+    # Another rank's error reaches rank 0, which reports it, through the process group's key-value store.
+    def publish(self, message: str):
+        with suppress(Exception): dist.distributed_c10d._get_default_store().set(f"run_error/{self.rank}", message)
+    def peer_errors(self) -> str:
+        """'rank r: message; ...' of the errors other ranks published ('' where none did, or there is no store)."""
+        found = []
+        with suppress(Exception):
+            store = dist.distributed_c10d._get_default_store()
+            for rank in (r for r in range(self.world_size) if r != self.rank):
+                if store.check([f"run_error/{rank}"]): found.append(f"rank {rank}: {store.get(f'run_error/{rank}').decode()}")
+        return "; ".join(found)
+
+    def wait_for_all(self, name: str):
+        """Every rank reaches this point, met through the store rather than the backend: once past it, no message of
+        the backend is in flight, so a process that leaves at once cannot cut off a peer's last collective."""
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"{name}/{self.rank}", "1")
+        store.wait([f"{name}/{rank}" for rank in range(self.world_size)])
 
 def setup_runtime() -> Runtime:
     """Rank, world size and device from torchrun's environment; joins the process group."""
@@ -1076,6 +1132,9 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
         need(t is not None and t.shape == ref.shape,
              f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
         out[name] = t.to(ref.dtype)
+        if not ref.is_floating_point():  # a setting the model records (config_*): the run's must be the artifact's
+            setting = lambda t: f"{name.removeprefix('config_').upper()}={','.join(map(str, t.flatten().tolist()))}"
+            need(torch.equal(out[name], ref.cpu()), f"the artifact was trained with {setting(out[name])}, and this run has {setting(ref)}")
     return out
 
 def serialize(obj) -> bytes:
@@ -1126,6 +1185,7 @@ def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple
         if kind == "int6": int6.append(t.numel())
         bits = {"int6": 6, "int8": 8}.get(kind) or (16 if t.is_floating_point() else 8 * t.element_size())
         payload_bits += t.numel() * bits + (16 * t.shape[0] if kind != "passthrough" else 0)  # and fp16 row scales
+    need(args.int6_matrices <= len(int6), f"INT6_MATRICES={args.int6_matrices} is more than the {len(int6)} int6 matrices of this model")
     narrowed = sum(sorted(int6)[:len(int6) - args.int6_matrices]) if args.int6_matrices else 0
     counts["int6"], counts["int5"], payload_bits = counts["int6"] - narrowed, narrowed, payload_bits - narrowed
     ratio = COMPRESSION_RATIO[args.compressor]
@@ -1137,6 +1197,8 @@ def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
     path = existing_file(path, "artifact")
     data = path.read_bytes()
+    need(not data.startswith(b"PK\x03\x04"), f"artifact {path} is a torch.save file (the raw weights, {RAW_MODEL_PATH}?), "
+         f"not a compressed artifact ({ARTIFACT_PATH})")
     brotli = data.startswith(BROTLI_HEADER) and brotli_module(f"artifact {path} is brotli-compressed: loading it")
     name, error = ("brotli", brotli.error) if brotli else ("zstd", zstandard.ZstdError)
     try:
@@ -1258,9 +1320,9 @@ class Logger:
     def __init__(self, run_id: str, enabled: bool):
         self.file = None
         path = Path("logs") / f"{run_id}.txt"
-        need(path.parent.is_dir() or not path.parent.exists(),  # checked on every rank: all stop
-             "logs exists but is not a directory: each run writes logs/<RUN_ID>.txt")
         if enabled:
+            need(not path.parent.exists() or path.parent.is_dir(), "logs exists but is not a directory: each run writes "
+                 "logs/<RUN_ID>.txt")
             try:
                 path.parent.mkdir(exist_ok=True)
                 self.file = open(path, "w", buffering=1, encoding="utf-8")
@@ -1276,13 +1338,34 @@ class Logger:
             if console: print(message, flush=True)
 
     @contextmanager
-    def failures(self):
-        """A RunError ends the log with its ERROR line before it stops the run."""
+    def failures(self, rt: Runtime):
+        """Every way a run stops early ends the log with one ERROR line and leaves as a RunError: this rank's own
+        error (another rank's is published for rank 0 to report), a peer that stopped in a collective, a signal."""
         try:
             yield
         except RunError as e:
-            with suppress(RunError): self(f"ERROR: {e}", console=False)
-            raise
+            error = RunError(f"{peers} (then {e})") if isinstance(e, Stopped) and (peers := rt.peer_errors()) else e
+        except RuntimeError as e:  # the backend's error when a peer process is gone
+            if not re.search(r"(closed|reset) by peer|Broken pipe", str(e)): raise
+            error = RunError(rt.peer_errors() or "another rank stopped during a collective (its own output says why)")
+        else:
+            return
+        if not rt.is_main: rt.publish(str(error))
+        with suppress(RunError): self(f"ERROR: {error}", console=False)
+        raise error
+
+@contextmanager
+def signals_stop_the_run():
+    """SIGINT (Ctrl-C) and SIGTERM raise Stopped, so that a stopped run says so in one line and at the end of its log."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def stop(signum, frame): raise Stopped(signum)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items(): signal.signal(signum, handler)
 
 def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, token_bytes: TokenBytes, log,
           clock) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
@@ -1426,70 +1509,82 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
     need(not rt.agree_max(float(bool(failure)))[0], failure or "rank 0 could not write the model files", RunError)
 
 def main(clock=time.perf_counter):
-    args, rt = Hyperparameters(), setup_runtime()
-    log = Logger(args.run_id, rt.is_main)
-    with log.failures():
-        log("\n".join([Path(__file__).read_text(encoding="utf-8"), "=" * 100, f"Running Python {sys.version}",
-                       f"Running PyTorch {torch.__version__}"]), console=False)  # the source, versions and GPUs (§8)
-        if shutil.which("nvidia-smi"): log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
-        log("=" * 100, console=False)
-        log("hyperparameters: " + json.dumps(vars(args)))
-        attention = attention_backend(args.attention, rt.device)
-        if rt.device.type == "cuda" and attention == "sdpa" and args.attention == "auto":
-            log("WARNING: flash_attn_interface (FlashAttention-3) does not import: attention runs on PyTorch SDPA, "
-                "and the record's step times (85 ms on 8xH100) assume FlashAttention-3")
+    args = Hyperparameters()
+    check_variable_names(os.environ)
+    with signals_stop_the_run():
+        rt = setup_runtime()
+        with rt.agreed(): log = Logger(args.run_id, rt.is_main)
+        with log.failures(rt):
+            run(args, rt, log, clock)
+        if rt.world_size > 1: rt.wait_for_all("finished")
+
+def run(args: Hyperparameters, rt: Runtime, log: Logger, clock):
+    """The run after its start-up: checks of the input, training, the artifact, the scored evaluations (§7)."""
+    log("\n".join([Path(__file__).read_text(encoding="utf-8"), "=" * 100, f"Running Python {sys.version}",
+                   f"Running PyTorch {torch.__version__}"]), console=False)  # the source, versions and GPUs (§8)
+    if shutil.which("nvidia-smi"): log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
+    log("=" * 100, console=False)
+    log("hyperparameters: " + json.dumps(vars(args)))
+    attention = attention_backend(args.attention, rt.device)
+    if rt.device.type == "cuda" and attention == "sdpa" and args.attention == "auto":
+        log("WARNING: flash_attn_interface (FlashAttention-3) does not import: attention runs on PyTorch SDPA, "
+            "and the record's step times (85 ms on 8xH100) assume FlashAttention-3")
+    with rt.agreed():  # files every rank reads for itself
         artifact = existing_file(args.eval_artifact, "EVAL_ARTIFACT") if args.eval_artifact else ARTIFACT_PATH
         if args.compressor == "brotli" and not args.eval_artifact: brotli_module("COMPRESSOR=brotli")  # now, not after training
         token_bytes = TokenBytes(load_tokenizer(args.tokenizer_path, args.vocab_size)).to(rt.device)
         val_files = list_shards(args.data_path, "val")
         train_files = [] if args.eval_artifact else list_shards(args.data_path, "train")
-        check_token_ids(val_files + train_files, args.vocab_size, rt)
-        val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
-        log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
-        model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
-        model.recurring = bool(args.recur_layers)  # a run's repeats are on by the end of its training
-        if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
-            log(f"eval_artifact:{artifact}")
-        else:
-            estimate, arithmetic = estimate_size(model.state_dict(), args)
-            estimate += code_bytes()
-            log(f"size_estimate: {arithmetic}; with the code {estimate} bytes")
-            need(estimate < SUBMISSION_LIMIT_BYTES or args.allow_over_limit, f"estimated submission size {estimate} bytes is not "
-                 f"below the {SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
-            average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
-            model.load_state_dict(averaged)
-            t_eval = clock()
-            val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
-            log(f"DIAGNOSTIC post_{average} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
-                f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
-            save_model(averaged, artifact, args, rt, log, hessians)
-        model_bytes, compressor = artifact.stat().st_size, artifact_compressor(artifact)
-        total_bytes = model_bytes + code_bytes()
-        log(f"Serialized model int6+{compressor}: {model_bytes} bytes")
-        log(f"Total submission size int6+{compressor}: {total_bytes} bytes")
-        over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
-        if total_bytes >= SUBMISSION_LIMIT_BYTES: log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
-        model.load_state_dict(dequantize_state_dict(load_artifact(artifact), model.state_dict()))
-        evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
-                       ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
-        if args.ttt_enabled:
-            evaluations.append(("final_ttt", lambda: evaluate_ttt(model, val_tokens, token_bytes, args, rt, log)[:2]))
-        for name, run in evaluations:  # the scored evaluations of the artifact's weights (§7), each timed
-            rt.synchronize()
-            t0 = time.perf_counter()
-            val_loss, val_bpb = run()
-            rt.synchronize()
-            log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
-            log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
-        need(total_bytes < SUBMISSION_LIMIT_BYTES, over_limit, RunError)
-    if rt.world_size > 1:
-        dist.barrier()  # no rank tears its group down while another still talks to it
-        dist.destroy_process_group()
+    check_token_ids(val_files + train_files, args.vocab_size, rt)
+    val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
+    log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
+    model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
+    model.recurring = bool(args.recur_layers)  # a run's repeats are on by the end of its training
+    if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
+        log(f"eval_artifact:{artifact}")
+    else:
+        estimate, arithmetic = estimate_size(model.state_dict(), args)
+        estimate += code_bytes()
+        log(f"size_estimate: {arithmetic}; with the code {estimate} bytes")
+        need(estimate < SUBMISSION_LIMIT_BYTES or args.allow_over_limit, f"estimated submission size {estimate} bytes is not "
+             f"below the {SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
+        average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
+        model.load_state_dict(averaged)
+        t_eval = clock()
+        val_loss, val_bpb = evaluate(model, val_tokens, token_bytes, args, rt)
+        log(f"DIAGNOSTIC post_{average} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} "
+            f"eval_time:{1000 * (clock() - t_eval):.0f}ms")
+        save_model(averaged, artifact, args, rt, log, hessians)
+    with rt.agreed():  # every rank reads the artifact from disk
+        model_bytes, compressor = existing_file(artifact, "artifact").stat().st_size, artifact_compressor(artifact)
+        weights = dequantize_state_dict(load_artifact(artifact), model.state_dict())
+    total_bytes = model_bytes + code_bytes()
+    log(f"Serialized model int6+{compressor}: {model_bytes} bytes")
+    log(f"Total submission size int6+{compressor}: {total_bytes} bytes")
+    over_limit = f"total submission size {total_bytes} bytes is not below the {SUBMISSION_LIMIT_BYTES}-byte limit"
+    if total_bytes >= SUBMISSION_LIMIT_BYTES: log(f"ERROR: {over_limit}; evaluating anyway, the run will exit with an error")
+    model.load_state_dict(weights)
+    evaluations = [("final_int6_roundtrip", lambda: evaluate(model, val_tokens, token_bytes, args, rt)),
+                   ("final_int6_sliding_window", lambda: evaluate(model, val_tokens, token_bytes, args, rt, args.eval_stride))]
+    if args.ttt_enabled:
+        evaluations.append(("final_ttt", lambda: evaluate_ttt(model, val_tokens, token_bytes, args, rt, log)[:2]))
+    for name, score in evaluations:  # the scored evaluations of the artifact's weights (§7), each timed
+        rt.synchronize()
+        t0 = time.perf_counter()
+        val_loss, val_bpb = score()
+        rt.synchronize()
+        log(f"{name} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} eval_time:{1000 * (time.perf_counter() - t0):.0f}ms")
+        log(f"{name}_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f}")
+    need(total_bytes < SUBMISSION_LIMIT_BYTES, over_limit, RunError)
 
 if __name__ == "__main__":
     try:
         main()
+        exit_code = 0
     except RunError as e:
-        if os.environ.get("RANK", "0") == "0":  # every rank stops with the same error: say it once
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        if os.environ.get("RANK", "0") == "0": print(f"error: {e}", file=sys.stderr)  # rank 0 reports every rank's error
+        exit_code = e.exit_code
+    if dist.is_initialized():  # leave without tearing the process group down: its threads can abort a process at exit
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)

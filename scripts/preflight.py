@@ -3,7 +3,7 @@
 
     python scripts/preflight.py              # one GPU (or the CPU), the configuration of the environment
 
-It checks the software (torch, CUDA, the GPU, FlashAttention-3, zstandard), the data (every shard's
+It checks the software (torch, CUDA, the GPU, FlashAttention-3, zstandard, brotli where COMPRESSOR=brotli), the data (every shard's
 header and token ids, the tokenizer's vocabulary) and the disk, then runs the configured model on
 one device: a few training steps with all 8 micro-batches (as on 8 GPUs, serially), what the fake
 quantiser adds to a step once late QAT is on, the quantisation and compression of its weights, and
@@ -180,9 +180,9 @@ def check_artifact(report: Report, args, tg, model):
         "size_estimate", f"{arithmetic}; with the code {total:,} bytes, limit {tg.SUBMISSION_LIMIT_BYTES:,}")
     weights = tg.float_weights(model)
     container, quantise_s = timed(lambda: tg.quantize_state_dict(weights, args.passthrough_max_numel))
-    blob, compress_s = timed(lambda: tg.compress_artifact(container))
+    blob, compress_s = timed(lambda: tg.compress_artifact(container, args.compressor))
     total = len(blob) + tg.code_bytes()
-    report.ok("artifact", f"quantise {quantise_s:.1f} s + zstd {compress_s:.1f} s: {len(blob):,} bytes, total "
+    report.ok("artifact", f"quantise {quantise_s:.1f} s + {args.compressor} {compress_s:.1f} s: {len(blob):,} bytes, total "
                           f"{total:,} with the code ({tg.kind_counts(container)}); these are near-initial weights, "
                           f"a trained model's size differs (the record's: 15.70-15.85 MB)")
 
@@ -213,6 +213,13 @@ def main(argv=None) -> int:
     except tg.InputError as e:
         report.fail("hyperparameters", str(e))
         return 1
+    if args.compressor == "brotli":
+        try:
+            report.ok("brotli", getattr(tg.brotli_module("COMPRESSOR=brotli"), "__version__", "imports"))
+        except tg.InputError as e:
+            report.fail("brotli", str(e))
+    else:
+        report.skip("brotli", f"COMPRESSOR={args.compressor}")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # one process, on the first GPU
         os.environ.pop(name, None)
     rt = tg.setup_runtime()

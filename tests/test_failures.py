@@ -14,7 +14,7 @@ import torch
 import zstandard
 
 import train_gpt as tg
-from conftest import REPO, run_lines, run_script, spawn_gloo, torchrun_cmd, write_shard
+from conftest import ONE, REPO, run_lines, run_script, spawn_gloo, torchrun_cmd, write_shard
 
 SCRIPT = str(REPO / "train_gpt.py")
 OLD_FILES = {tg.RAW_MODEL_PATH: b"an earlier run's raw model", tg.ARTIFACT_PATH: b"an earlier run's artifact"}
@@ -263,5 +263,85 @@ def test_a_log_that_cannot_be_written_stops_the_run_with_one_line(tmp_path, monk
 
     log.file = FullFile()
     with pytest.raises(tg.RunError, match="^cannot write the log logs/full.txt: No space left on device$"):
-        with log.failures():  # the ERROR line itself cannot be written either: the first error stands
+        with log.failures(ONE):  # the ERROR line itself cannot be written either: the first error stands
             log("step:1/10 train_loss:6.9")
+
+
+def test_a_read_only_working_folder_is_one_line_and_the_log_ends_with_it(tiny_env, tmp_path, monkeypatch):
+    """A folder where nothing can be created, logs/ aside (a read-only file system with a writable logs/):
+    the temporary files cannot be made, their cleanup fails the same way, and the run stops with the write's
+    own error as the last line of its log."""
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if "w" in mode and Path(path).parent.name != "logs":
+            raise OSError(30, "Read-only file system")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tg, "open", read_only, raising=False)
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: read_only(self, "w"))
+    with pytest.raises(tg.RunError, match=r"^cannot write final_model\.pt: Read-only file system; nothing was written$"):
+        tg.main()
+    assert last_log_line(tmp_path) == "ERROR: cannot write final_model.pt: Read-only file system; nothing was written"
+
+
+def test_coprime_loader_with_every_shard_shorter_than_a_sequence_is_refused_at_start(tiny_env, tmp_path, monkeypatch):
+    data = tmp_path / "short"
+    data.mkdir()
+    for name in ("fineweb_train_000000.bin", "fineweb_train_000001.bin"):
+        write_shard(data / name, np.arange(20) % 50)  # 20 tokens each: a sequence needs 33
+    (data / "fineweb_val_000000.bin").write_bytes((Path(tiny_env["DATA_PATH"]) / "fineweb_val_000000.bin").read_bytes())
+    monkeypatch.setenv("DATA_PATH", str(data))
+    monkeypatch.setenv("LOADER", "coprime")
+    with pytest.raises(tg.InputError, match=r"^LOADER=coprime reads each sequence from one shard, and no training shard "
+                                            r"holds TRAIN_SEQ_LEN \+ 1 = 33 tokens$"):
+        tg.main()
+    assert "step:1/" not in run_part(tmp_path)
+    monkeypatch.setenv("LOADER", "stream")  # the stream loader reads across shard ends: the same shards train
+    monkeypatch.setenv("ITERATIONS", "1")
+    tg.main()
+
+
+def test_raw_weights_given_as_the_artifact_are_named_for_what_they_are(tmp_path):
+    path = tmp_path / "final_model.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(tg.InputError, match=r"is a torch.save file \(the raw weights, final_model.pt\?\), not a compressed "
+                                            r"artifact \(final_model.int6.ptz\)$"):
+        tg.load_artifact(path)
+
+
+def test_a_misspelt_hyperparameter_stops_the_run(tiny_env, monkeypatch):
+    monkeypatch.setenv("MATIX_LR", "1e9")
+    with pytest.raises(tg.InputError, match=r"^MATIX_LR is not a hyperparameter: did you mean MATRIX_LR\? \(unset it to go on\)$"):
+        tg.main()
+    tg.check_variable_names({"MATRIX_LR": "1", "SEEDS": "1,2", "PATH": "/bin", "OMP_NUM_THREADS": "1", "RANK": "0"})
+
+
+def test_more_int6_matrices_than_the_model_has_is_refused_at_start(tiny_env, monkeypatch):
+    monkeypatch.setenv("QUANT_METHOD", "gptq")
+    monkeypatch.setenv("INT6_MATRICES", "25")
+    with pytest.raises(tg.InputError, match=r"^INT6_MATRICES=25 is more than the 24 int6 matrices of this model$"):
+        tg.main()
+
+
+def test_the_log_check_cannot_race_rank_0_making_the_folder(tmp_path, monkeypatch):
+    """Rank 0 makes logs/ while the other ranks start: a rank that looked while the folder appeared once called
+    it 'not a directory' and stopped alone, silently. Only rank 0 checks the folder, in an order that the
+    folder's appearing cannot fool; the other ranks learn its outcome from the start-up agreement."""
+    monkeypatch.chdir(tmp_path)
+    real_exists = Path.exists
+
+    def appearing(self):  # rank 0's mkdir lands just before this look
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        return real_exists(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "exists", appearing)
+        tg.Logger("other_rank", enabled=False)
+        assert tg.Logger("main", enabled=True).file is not None
+    (tmp_path / "logs" / "main.txt").unlink()
+    (tmp_path / "logs").rmdir()
+    (tmp_path / "logs").write_text("a file")
+    tg.Logger("other_rank", enabled=False)  # rank 0 finds it; the agreement tells the others
+    with pytest.raises(tg.InputError, match="^logs exists but is not a directory"):
+        tg.Logger("main", enabled=True)

@@ -22,7 +22,7 @@ def test_preflight_passes_on_the_cpu_with_cuda_checks_skipped(tiny_data, tmp_pat
     result = run_script(SCRIPT, clean_environ(**tiny_run_env(tiny_data)), tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     found = checks(result.stdout)
-    assert found == {"torch": "ok", "cuda": "skipped", "gpu": "skipped", "flash_attn_3": "skipped", "zstandard": "ok",
+    assert found == {"torch": "ok", "cuda": "skipped", "gpu": "skipped", "flash_attn_3": "skipped", "zstandard": "ok", "brotli": "skipped",
                      "tokenizer": "ok", "data": "ok", "disk": "ok", "compile": "ok", "step": "ok", "memory": "skipped",
                      "fake_quant": "ok", "size_estimate": "ok", "artifact": "ok", "ttt": "ok"}
     assert result.stdout.strip().endswith("preflight: all checks passed")
@@ -48,3 +48,19 @@ def test_preflight_fails_on_bad_data_and_on_a_diverging_step(tiny_data, tmp_path
     result = run_script(SCRIPT[:2] + ["--steps", "4"], diverging, tmp_path)  # train_gpt's run diverges at step 4
     assert result.returncode == 1, result.stdout
     assert checks(result.stdout)["step"] == "FAIL"
+
+
+def test_preflight_checks_the_configured_compressor(tiny_data, tmp_path):
+    """COMPRESSOR=brotli where brotli does not import: a FAIL line, not "all checks passed" (the run would stop at
+    its start); the artifact check compresses with the configured compressor."""
+    hidden = tmp_path / "no_brotli"
+    hidden.mkdir()
+    (hidden / "brotli.py").write_text("raise ImportError('no brotli here')\n")
+    result = run_script(SCRIPT, clean_environ(**tiny_run_env(tiny_data, COMPRESSOR="brotli", TTT_ENABLED="0"),
+                                              PYTHONPATH=str(hidden)), tmp_path)
+    assert result.returncode == 1
+    assert checks(result.stdout)["brotli"] == "FAIL" and "FAILED: brotli" in result.stdout
+    assert "FAIL     brotli: COMPRESSOR=brotli needs the brotli package: pip install brotli" in result.stdout
+    result = run_script(SCRIPT, clean_environ(**tiny_run_env(tiny_data, COMPRESSOR="brotli", TTT_ENABLED="0")), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert checks(result.stdout)["brotli"] == "ok" and re.search(r"^ok       artifact: quantise [\d.]+ s \+ brotli ", result.stdout, re.M)

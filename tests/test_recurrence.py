@@ -132,12 +132,22 @@ def test_a_run_that_ends_before_recur_step_switches_on_at_its_end_and_eval_only_
     lines = run_and_reread(monkeypatch, RECUR_LAYERS="1,2", RECUR_STEP="100", WARMUP_STEPS="4", TTT_ENABLED="0")
     one(lines, r"recurrence:enabled at_end step:12 \(RECUR_STEP=100 not reached\) layers:1,2 virtual_layers:6")
     one(lines, r"quantized_tensors: int6:28 int8:3 passthrough:\d+")  # 4 repeat matrices more than 24
+    # the same artifact, scored with other blocks repeated (the same tensor names): refused, not scored
+    monkeypatch.setenv("RECUR_LAYERS", "0,1")
+    with pytest.raises(tg.InputError, match=r"^the artifact was trained with RECUR_LAYERS=1,2, and this run has RECUR_LAYERS=0,1$"):
+        tg.main()
 
 
 def test_bad_settings_are_one_line():
-    with pytest.raises(tg.InputError, match=r"RECUR_LAYERS=1,3 must be consecutive blocks before PARALLEL_FROM"):
+    with pytest.raises(tg.InputError, match=r"RECUR_LAYERS=1,3 must be consecutive blocks from 0 on, before PARALLEL_FROM"):
         recur_args(recur_layers="1,3")
-    with pytest.raises(tg.InputError, match=r"RECUR_LAYERS=2,3 must be consecutive blocks before PARALLEL_FROM"):
+    with pytest.raises(tg.InputError, match=r"RECUR_LAYERS=2,3 must be consecutive blocks from 0 on, before PARALLEL_FROM"):
         recur_args(recur_layers="2,3", parallel_from="3")
+    for negative in ("-1", "-2,-1"):  # once accepted, and a crash when the repeats switched on
+        with pytest.raises(tg.InputError, match=rf"^RECUR_LAYERS={negative} must be consecutive blocks from 0 on"):
+            recur_args(recur_layers=negative)
+    for gap in (",", "4,", "4,,5", ",4"):  # once read as 4 or as 4,5
+        with pytest.raises(tg.InputError, match=rf"^RECUR_LAYERS='{gap}' is not valid: expected comma-separated integers$"):
+            recur_args(recur_layers=gap)
     with pytest.raises(tg.InputError, match=r"^RECUR_LAYERS needs WARMUP_STEPS >= 4"):
         recur_args(warmup_steps="2")
