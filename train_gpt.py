@@ -1096,13 +1096,17 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
                         hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None,
                         int6_matrices: int = 0) -> dict:
     """The artifact container {"w": tensors, "m": meta} (§6): int6 matrices by GPTQ where hessians has them
-    (every rank of rt calls this), else clip search; int6_matrices > 0 narrows all but that many (by trace of H)."""
+    (every rank of rt calls this), else clip search; int6_matrices > 0 narrows all but that many: the matrices of
+    repeated blocks stay int6 first (a later record's rule: they run twice), then the largest traces of H."""
     weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
     names = [n for n, t in state_dict.items() if n in (hessians or {}) and quant_kind(n, t, passthrough_max_numel) == "int6"]
-    narrowed = sorted(names, key=lambda n: -float(hessians[n].trace()))[int6_matrices:] if int6_matrices else []
+    repeated = ("repeats.",) + tuple(f"blocks.{int(i)}." for i in state_dict.get("config_recur_layers", torch.zeros(0)).tolist())
+    rank = lambda n: (not n.startswith(repeated), -float(hessians[n].trace()))
+    narrowed = sorted(names, key=rank)[int6_matrices:] if int6_matrices else []
     max_qs = {n: max_q // 2 if n in narrowed else max_q for n in names}
     if narrowed and log is not None:
-        log(f"quantize:mixed int{bits}:{len(names) - len(narrowed)} int{bits - 1}:{len(narrowed)} (by trace of H)")
+        log(f"quantize:mixed int{bits}:{len(names) - len(narrowed)} int{bits - 1}:{len(narrowed)} (repeated blocks first, "
+            "then by trace of H)")
     by_gptq = gptq_shared(state_dict, hessians, max_qs, rt)
     for name, t in state_dict.items():
         t = t.detach().cpu()
@@ -1132,7 +1136,7 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
         need(t is not None and t.shape == ref.shape,
              f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
         out[name] = t.to(ref.dtype)
-        if not ref.is_floating_point():  # a setting the model records (config_*): the run's must be the artifact's
+        if name.startswith("config_"):  # a setting the model records: the run's must be the artifact's
             setting = lambda t: f"{name.removeprefix('config_').upper()}={','.join(map(str, t.flatten().tolist()))}"
             need(torch.equal(out[name], ref.cpu()), f"the artifact was trained with {setting(out[name])}, and this run has {setting(ref)}")
     return out
@@ -1142,7 +1146,7 @@ def serialize(obj) -> bytes:
     torch.save(obj, buffer)
     return buffer.getvalue()
 
-BROTLI_HEADER = b"BSHF"  # starts a brotli artifact; a zstd one starts with zstd's frame magic
+BROTLI_HEADER, ZSTD_MAGIC = b"BSHF", b"\x28\xb5\x2f\xfd"  # what a brotli artifact of ours starts with, and a zstd one
 
 def brotli_module(why: str):
     """The brotli package, imported only where it is used; an InputError saying why if missing."""
@@ -1152,11 +1156,13 @@ def brotli_module(why: str):
         raise InputError(f"{why} needs the brotli package: pip install brotli") from None
     return brotli
 
-def byte_shuffle(raw: bytes, undo: bool = False) -> bytes:
-    """The bytes at even positions, then those at odd positions (or, undo, back again)."""
-    if not undo: return raw[0::2] + raw[1::2]
-    out, half = bytearray(len(raw)), (len(raw) + 1) // 2
-    out[0::2], out[1::2] = raw[:half], raw[half:]
+def byte_shuffle(raw: bytes, undo: bool = False, stride: int = 2) -> bytes:
+    """The bytes at positions 0 mod stride, then 1 mod stride, ... (with stride 2: even, then odd); undo: back again."""
+    if not undo: return b"".join(raw[i::stride] for i in range(stride))
+    out, start = bytearray(len(raw)), 0
+    for i in range(stride):
+        count = len(range(i, len(raw), stride))
+        out[i::stride], start = raw[start:start + count], start + count
     return bytes(out)
 
 def compress_artifact(container: dict, compressor: str = "zstd") -> bytes:
@@ -1166,7 +1172,16 @@ def compress_artifact(container: dict, compressor: str = "zstd") -> bytes:
     return zstandard.ZstdCompressor(level=22).compress(raw)
 
 def artifact_compressor(path) -> str:
-    with open(path, "rb") as f: return "brotli" if f.read(len(BROTLI_HEADER)) == BROTLI_HEADER else "zstd"
+    with open(path, "rb") as f: return "zstd" if f.read(len(ZSTD_MAGIC)) == ZSTD_MAGIC else "brotli"
+
+def record_brotli(data: bytes) -> bytes | None:
+    """The later records' brotli framing, read too: 'BSHF' and a stride byte inside the brotli stream, before the
+    shuffled bytes; the serialised container, or None where data is not that (or brotli does not import)."""
+    with suppress(Exception):
+        import brotli
+        raw = brotli.decompress(data)
+        if raw.startswith(BROTLI_HEADER) and len(raw) > 4 and raw[4] > 0: return byte_shuffle(raw[5:], undo=True, stride=raw[4])
+    return None
 
 def kind_counts(container: dict) -> str:
     kinds = [m if m == "passthrough" else m["type"] for m in container["m"].values()]
@@ -1201,9 +1216,10 @@ def load_artifact(path) -> dict:
          f"not a compressed artifact ({ARTIFACT_PATH})")
     brotli = data.startswith(BROTLI_HEADER) and brotli_module(f"artifact {path} is brotli-compressed: loading it")
     name, error = ("brotli", brotli.error) if brotli else ("zstd", zstandard.ZstdError)
+    raw = None if brotli or data.startswith(ZSTD_MAGIC) else record_brotli(data)
     try:
-        raw = (byte_shuffle(brotli.decompress(data[len(BROTLI_HEADER):]), undo=True) if brotli
-               else zstandard.ZstdDecompressor().decompress(data))
+        raw = raw or (byte_shuffle(brotli.decompress(data[len(BROTLI_HEADER):]), undo=True) if brotli
+                      else zstandard.ZstdDecompressor().decompress(data))
     except error as e:
         raise InputError(f"artifact {path} is not a complete {name} stream (truncated or corrupt: {e})") from None
     try:

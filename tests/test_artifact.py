@@ -313,9 +313,9 @@ def test_load_refuses_truncated_and_non_zstd_files(tmp_path):
     path.write_bytes(blob[:len(blob) // 2])
     assert_refused(path, "zstd")
     raw = io.BytesIO()
-    torch.save(good_container(), raw)  # a plain torch.save, not compressed
+    torch.save(good_container(), raw)  # a plain torch.save, not compressed: named for what it is
     path.write_bytes(raw.getvalue())
-    assert_refused(path, "zstd")
+    assert_refused(path, "is a torch.save file (the raw weights, final_model.pt?)")
     path.write_bytes(b"not an artifact at all\n" * 50)
     assert_refused(path, "zstd")
     with pytest.raises(tg.InputError, match="does not exist"):

@@ -37,6 +37,28 @@ def test_brotli_artifact_is_the_shuffled_container_and_loads_back(tmp_path):
     assert tg.load_artifact(path)["m"] == c["m"] and tg.artifact_compressor(path) == "zstd"
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3, 4])
+def test_byte_shuffle_of_any_stride_undoes(stride):
+    raw = bytes(range(256)) * 2 + b"xyz"
+    assert tg.byte_shuffle(tg.byte_shuffle(raw, stride=stride), undo=True, stride=stride) == raw
+    assert tg.byte_shuffle(raw, stride=stride)[:3] == raw[0:3 * stride:stride]
+
+
+def test_an_artifact_in_the_later_records_brotli_framing_loads(tmp_path):
+    """Their framing: 'BSHF' and a stride byte inside the brotli stream, then the shuffled container. Eval-only mode
+    reads it as well as ours ('BSHF' outside) and zstd; the size lines call it brotli."""
+    c = container("blocks.0.attn.c_q.weight")
+    raw = tg.serialize(c)
+    path = tmp_path / "record.ptz"
+    path.write_bytes(brotli.compress(b"BSHF" + bytes([2]) + tg.byte_shuffle(raw), quality=11))
+    loaded = tg.load_artifact(path)
+    assert loaded["m"] == c["m"] and all(torch.equal(loaded["w"][k], v) for k, v in c["w"].items())
+    assert tg.artifact_compressor(path) == "brotli"
+    path.write_bytes(b"neither zstd nor brotli")
+    with pytest.raises(tg.InputError, match=r"is not a complete zstd stream"):
+        tg.load_artifact(path)
+
+
 def test_a_truncated_brotli_artifact_is_one_line(tmp_path):
     path = tmp_path / "a.ptz"
     blob = tg.compress_artifact(container("blocks.0.attn.c_q.weight"), "brotli")

@@ -229,7 +229,7 @@ def test_int6_matrices_keeps_the_largest_traces_at_int6_and_narrows_the_rest():
     mixed = tg.quantize_state_dict(weights, 256, hessians, said.append, int6_matrices=5)
     int6 = [k for k, m in mixed["m"].items() if m != "passthrough" and m["type"] == "int6"]
     kept = sorted(int6, key=lambda k: -float(hessians[k].trace()))[:5]
-    assert said == [f"quantize:mixed int6:5 int5:{len(int6) - 5} (by trace of H)"]
+    assert said == [f"quantize:mixed int6:5 int5:{len(int6) - 5} (repeated blocks first, then by trace of H)"]
     for k in int6:
         top = mixed["w"][k + ".q"].abs().max()
         assert (16 <= top <= 31) if k in kept else (top <= 15), (k, top)
@@ -238,6 +238,23 @@ def test_int6_matrices_keeps_the_largest_traces_at_int6_and_narrows_the_rest():
     assert all(torch.equal(plain["w"][k + ".q"], mixed["w"][k + ".q"]) for k in kept)
     with pytest.raises(tg.InputError, match=r"^INT6_MATRICES=5 ranks matrices by their Hessians: it needs QUANT_METHOD=gptq$"):
         tiny_args(int6_matrices="5")
+
+
+def test_with_depth_recurrence_the_repeated_blocks_stay_int6_first():
+    """As the later record did: every matrix of the repeated blocks (their second passes' MLPs included) keeps int6
+    before the others are ranked by trace, even where their traces are the smallest."""
+    model = filled_model(tiny_args(recur_layers="1,2", warmup_steps="4"))
+    model.start_recurrence()
+    ids = torch.randint(0, 512, (4, 32), generator=torch.Generator().manual_seed(2))
+    hessians = {k: h / 1e6 if k.startswith(("blocks.1.", "blocks.2.", "repeats.")) else h
+                for k, h in tg.collect_hessians(model.eval(), [ids]).items()}  # the repeated blocks' traces the smallest
+    weights = {k: v * 10 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    repeated = [k for k in hessians if k.startswith(("blocks.1.", "blocks.2.", "repeats.")) and tg.quant_kind(k, weights[k], 256) == "int6"]
+    mixed = tg.quantize_state_dict(weights, 256, hessians, int6_matrices=len(repeated))
+    for k, m in mixed["m"].items():
+        if m != "passthrough" and m["type"] == "int6":
+            top = mixed["w"][k + ".q"].abs().max()
+            assert (16 <= top <= 31) if k in repeated else (top <= 15), (k, top)
 
 
 def test_the_size_estimate_counts_the_int5_matrices_as_the_smallest():
@@ -252,4 +269,4 @@ def test_the_size_estimate_counts_the_int5_matrices_as_the_smallest():
 
 def test_a_mixed_run_logs_the_split_and_eval_only_mode_reproduces_it(tiny_env, monkeypatch):
     lines = run_and_reread(monkeypatch, QUANT_METHOD="gptq", INT6_MATRICES="10", GPTQ_SEQUENCES="4", TTT_ENABLED="0")
-    one(lines, r"quantize:mixed int6:10 int5:14 \(by trace of H\)")
+    one(lines, r"quantize:mixed int6:10 int5:14 \(repeated blocks first, then by trace of H\)")

@@ -22,7 +22,8 @@ def recur_args(**overrides):
 def test_the_repeats_parameters_and_the_rest_initialised_as_without():
     plain, model = tg.build_model(tiny_args()).state_dict(), tg.build_model(recur_args()).state_dict()
     added = sorted(k for k in model if k not in plain)
-    assert added == sorted(f"repeats.{j}.{n}" for j in (0, 1) for n in REPEATED)
+    assert added == sorted(["config_recur_layers"] + [f"repeats.{j}.{n}" for j in (0, 1) for n in REPEATED])
+    assert model["config_recur_layers"].tolist() == [1, 2]  # recorded in the artifact, checked on load
     assert all(torch.equal(model[k], v) for k, v in plain.items())  # the repeats are initialised last
     built = tg.build_model(recur_args())
     assert not built.recurring and [i for i, _ in built.passes()] == [0, 1, 2, 3]
