@@ -2,30 +2,45 @@
 
     python data/cached_challenge_fineweb.py --variant sp1024                  # val + 80 train shards
     python data/cached_challenge_fineweb.py --variant sp1024 --train-shards 1 # a quick start
+    python data/cached_challenge_fineweb.py --variant sp8192                  # val + 128 train shards
 
-The files come from the dataset repo willdepueoai/parameter-golf (everything under `datasets/`)
-and are driven by its `datasets/manifest.json` (docs/recipe.md §2): the manifest's `datasets[]` entry
-`fineweb10B_{variant}` names the tokenizer and the number of train/val shards; the matching
-`tokenizers[]` entry gives the tokenizer files. A repo file `datasets/X` lands at `<out>/X`:
+Each variant has a default dataset repository and number of train shards:
 
-    <out>/datasets/manifest.json                          (a copy of the manifest used)
-    <out>/tokenizers/fineweb_1024_bpe.model, .vocab
+    sp1024   willdepueoai/parameter-golf   80 train shards   (the record's data)
+    sp8192   kevclark/parameter-golf       128 train shards  (the data of the SP8192 records, 1.0810 bpb onwards)
+    other    willdepueoai/parameter-golf   80 train shards
+
+The repository is --repo-id if given, else the environment variable MATCHED_FINEWEB_REPO_ID (the
+challenge downloader's name for it) if set and not empty, else the variant's default; the first
+line printed names it and what chose it. --train-shards overrides the shard count.
+
+Every repository has the same layout (docs/recipe.md §2), everything under `datasets/`, driven by
+its `datasets/manifest.json`: the manifest's `datasets[]` entry `fineweb10B_{variant}` names the
+tokenizer and the number of train/val shards; the matching `tokenizers[]` entry gives the tokenizer
+files. A repo file `datasets/X` lands at `<out>/X`:
+
+    <out>/datasets/manifests/<repo id>.json               (a copy of that repository's manifest)
+    <out>/tokenizers/fineweb_1024_bpe.model, .vocab       (fineweb_8192_bpe.* for sp8192)
     <out>/datasets/fineweb10B_sp1024/fineweb_val_000000.bin ...
     <out>/datasets/fineweb10B_sp1024/fineweb_train_000000.bin ... (the first --train-shards)
 
 with <out> = <repo>/data by default (--out-dir), i.e. the defaults of train_gpt.py's DATA_PATH
-and TOKENIZER_PATH when run from the repo root.
+and TOKENIZER_PATH when run from the repo root (for sp8192 set DATA_PATH and TOKENIZER_PATH to
+its folder and tokenizer, and VOCAB_SIZE=8192). The manifest copy is kept per repository, e.g.
+datasets/manifests/kevclark/parameter-golf.json, so that the variants of two repositories can
+share one <out> and an offline run reads the manifest of the repository it names.
 
 Idempotent: a shard whose header and size are right (train_gpt.shard_token_count) and a tokenizer
 file that exists are not fetched again, so a second run makes no download at all (only the
 manifest is refreshed); a truncated or corrupt shard is fetched again. Every downloaded shard is
 checked before it is moved into place. Failures (offline, unreachable server, unknown variant,
-bad manifest, corrupt download) are one line on stderr and exit code 1.
+bad manifest, bad repository id, corrupt download) are one line on stderr and exit code 1.
 
 Downloads go through huggingface_hub's hf_hub_download into a staging folder
-<out>/datasets/.hf_download (removed after a successful run) and are then renamed into place, so an interrupted run never leaves a partial file under its
-final name. Environment: HF_ENDPOINT (a mirror), HF_TOKEN, HF_HUB_OFFLINE=1 (no network: succeeds
-only when everything is already there), HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT (seconds).
+<out>/datasets/.hf_download (removed after a successful run) and are then renamed into place, so an
+interrupted run never leaves a partial file under its final name. Environment: HF_ENDPOINT (a
+mirror), HF_TOKEN, HF_HUB_OFFLINE=1 (no network: succeeds only when everything is already there),
+HF_HUB_ETAG_TIMEOUT / HF_HUB_DOWNLOAD_TIMEOUT (seconds), MATCHED_FINEWEB_REPO_ID (above).
 """
 from __future__ import annotations
 
@@ -38,13 +53,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "data"
-REPO_ID = "willdepueoai/parameter-golf"
+CHALLENGE_REPO_ID = "willdepueoai/parameter-golf"
+# variant -> (dataset repository, train shards fetched by default): the SP8192 records trained on 128
+# shards of a vocabulary of 8192 published in another repository
+VARIANT_DEFAULTS = {"sp1024": (CHALLENGE_REPO_ID, 80), "sp8192": ("kevclark/parameter-golf", 128)}
+OTHER_VARIANT_DEFAULTS = (CHALLENGE_REPO_ID, 80)
+REPO_ID_VARIABLE = "MATCHED_FINEWEB_REPO_ID"  # the challenge downloader's name for the repository
 REPO_TYPE = "dataset"
 REMOTE_ROOT = "datasets"  # every file of the challenge lives under this folder of the repo
 MANIFEST = "manifest.json"  # relative to REMOTE_ROOT
-LOCAL_MANIFEST = "datasets/manifest.json"  # relative to the output folder (git-ignored with the shards)
+LOCAL_MANIFESTS = "datasets/manifests"  # relative to the output folder (git-ignored with the shards)
 DEFAULT_ENDPOINT = "https://huggingface.co"
-DEFAULT_TRAIN_SHARDS = 80
 STAGING = "datasets/.hf_download"  # under the output folder: hf_hub_download's local_dir
 
 
@@ -78,6 +97,38 @@ def _etag_timeout() -> float:
         return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or 10)
     except ValueError:
         return 10.0
+
+
+# ----------------------------------------------------------------------------- repository
+
+def variant_defaults(variant: str) -> tuple[str, int]:
+    """(dataset repository, train shards) used for `variant` when the command line does not say."""
+    return VARIANT_DEFAULTS.get(variant, OTHER_VARIANT_DEFAULTS)
+
+
+def choose_repo_id(variant: str, cli_repo_id: str | None) -> tuple[str, str]:
+    """(repository, what chose it): --repo-id, else MATCHED_FINEWEB_REPO_ID when set and not empty,
+    else the variant's default. A malformed id is a DownloadError naming where it came from."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    env_value = os.environ.get(REPO_ID_VARIABLE, "").strip()
+    if cli_repo_id is not None:
+        repo_id, source = cli_repo_id, "--repo-id"
+    elif env_value:
+        repo_id, source = env_value, REPO_ID_VARIABLE
+    else:
+        return variant_defaults(variant)[0], f"the default for {variant}"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise DownloadError(f"{source} {repo_id!r} is not a dataset repository id (owner/name)") from None
+    return repo_id, source
+
+
+def local_manifest(out: Path, repo_id: str) -> Path:
+    """Where the copy of repo_id's manifest is kept (a valid repo id holds no '..')."""
+    return out / LOCAL_MANIFESTS / f"{repo_id}.json"
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -202,11 +253,11 @@ def _chain(exc: BaseException):
         exc = exc.__cause__ or exc.__context__
 
 
-def describe_hub_error(exc: BaseException, remote: str, endpoint: str) -> str:
-    """One line for a failure of hf_hub_download on repo file `remote`."""
+def describe_hub_error(exc: BaseException, remote: str, endpoint: str, repo_id: str) -> str:
+    """One line for a failure of hf_hub_download on file `remote` of dataset repo_id."""
     from huggingface_hub import errors
 
-    where = f"dataset {REPO_ID} at {endpoint}"
+    where = f"dataset {repo_id} at {endpoint}"
     for e in _chain(exc):
         if isinstance(e, errors.OfflineModeIsEnabled):
             return f"cannot download {remote}: offline mode is on (HF_HUB_OFFLINE)"
@@ -250,7 +301,7 @@ def fetch(rel: str, out: Path, *, endpoint: str, repo_id: str, force: bool = Fal
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001 -- every failure becomes one line
-        raise DownloadError(describe_hub_error(e, remote, endpoint)) from None
+        raise DownloadError(describe_hub_error(e, remote, endpoint, repo_id)) from None
 
 
 def _size(n: int) -> str:
@@ -263,13 +314,13 @@ def _size(n: int) -> str:
 
 def load_manifest(out: Path, *, endpoint: str, repo_id: str, offline: bool) -> tuple[dict, str]:
     """Fetches datasets/manifest.json (every run: it is small and may change) to
-    <out>/datasets/manifest.json. Offline, the copy of an earlier run is used.
+    <out>/datasets/manifests/<repo_id>.json. Offline, the copy of an earlier run is used.
     Returns (manifest, how it was obtained)."""
-    local = out / LOCAL_MANIFEST
+    local = local_manifest(out, repo_id)
     if offline:
         if not local.is_file():
-            raise DownloadError(f"offline mode is on (HF_HUB_OFFLINE) and there is no local manifest {local}: "
-                                f"run once with network access")
+            raise DownloadError(f"offline mode is on (HF_HUB_OFFLINE) and there is no local manifest {local} "
+                                f"of {repo_id}: run once with network access")
         how = f"offline: using the local copy {local}"
     else:
         # force: no retries/backoff when the server is down, so an unreachable hub fails fast
@@ -283,9 +334,10 @@ def load_manifest(out: Path, *, endpoint: str, repo_id: str, offline: bool) -> t
         raise DownloadError(f"manifest {local} is not valid JSON: {_first_line(e)}") from None
 
 
-def download(variant: str, train_shards: int, out: Path, *, repo_id: str = REPO_ID) -> dict:
+def download(variant: str, train_shards: int, out: Path, *, repo_id: str) -> dict:
     """Makes <out> hold the tokenizer, the val shards and the first `train_shards` train shards of
-    `variant`. Prints one line per file and a summary; returns counts. Raises DownloadError."""
+    `variant` from dataset repo_id. Prints one line per file and a summary; returns counts and the
+    repository. Raises DownloadError."""
     out = Path(out).resolve()
     endpoint, offline = hub_endpoint(), offline_mode()
     try:
@@ -294,7 +346,7 @@ def download(variant: str, train_shards: int, out: Path, *, repo_id: str = REPO_
         raise DownloadError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     manifest, how = load_manifest(out, endpoint=endpoint, repo_id=repo_id, offline=offline)
     print(f"manifest         {REMOTE_ROOT}/{MANIFEST}: {how}", flush=True)
-    plan = plan_from_manifest(manifest, variant, train_shards)
+    plan = plan_from_manifest(manifest, variant, train_shards, where=f"{REMOTE_ROOT}/{MANIFEST} of {repo_id}")
     if train_shards > plan["files_train"]:
         print(f"note: --train-shards {train_shards} capped at the {plan['files_train']} train shards "
               f"the manifest lists", flush=True)
@@ -340,9 +392,9 @@ def download(variant: str, train_shards: int, out: Path, *, repo_id: str = REPO_
     n_val, n_train = len(plan["val"]), len(plan["train"])
     print(f"done: {fetched} fetched, {complete} already complete; {n_val} val shard{'s' * (n_val != 1)} "
           f"({tokens['val']:,} tokens) + {n_train} train shard{'s' * (n_train != 1)} ({tokens['train']:,} tokens) "
-          f"in {data_path}; tokenizer {tok_path}", flush=True)
+          f"in {data_path}; tokenizer {tok_path}; from {repo_id}", flush=True)
     return {"fetched": fetched, "complete": complete, "val_tokens": tokens["val"], "train_tokens": tokens["train"],
-            "data_path": data_path, "tokenizer_path": tok_path}
+            "data_path": data_path, "tokenizer_path": tok_path, "repo_id": repo_id}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -357,18 +409,28 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def defaults_table() -> str:
+    """The variants' default repositories and shard counts, one line each (--help)."""
+    rows = [*VARIANT_DEFAULTS.items(), ("other", OTHER_VARIANT_DEFAULTS)]
+    return "\n".join(f"  {name:<8} {repo:<30} {shards} train shards" for name, (repo, shards) in rows)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Download the challenge tokenizer and FineWeb shards from the Hugging Face Hub "
-                    f"(dataset {REPO_ID}).")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download the challenge tokenizer and FineWeb shards of one variant from a dataset\n"
+                    "repository on the Hugging Face Hub.\n\nDefaults per variant:\n" + defaults_table() +
+                    f"\n\nThe repository: --repo-id if given, else the environment variable\n{REPO_ID_VARIABLE} "
+                    "if set and not empty, else the variant's default.")
     p.add_argument("--variant", default="sp1024",
                    help="tokenizer variant: dataset fineweb10B_<variant> of the manifest (default sp1024)")
-    p.add_argument("--train-shards", type=_non_negative, default=DEFAULT_TRAIN_SHARDS,
-                   help=f"how many train shards to fetch, from the first (default {DEFAULT_TRAIN_SHARDS}, "
-                        "capped at what the manifest lists; each is 100M tokens, 200 MB)")
+    p.add_argument("--train-shards", type=_non_negative,
+                   help="how many train shards to fetch, from the first (default: the variant's, above; "
+                        "capped at what the manifest lists; each sp1024 shard is 100M tokens, 200 MB)")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT,
                    help="folder that receives datasets/ and tokenizers/ (default <repo>/data)")
-    p.add_argument("--repo-id", default=REPO_ID, help=f"dataset repo on the Hub (default {REPO_ID})")
+    p.add_argument("--repo-id", help=f"dataset repository on the Hub (over {REPO_ID_VARIABLE} and the "
+                                     "variant's default)")
     return p.parse_args(argv)
 
 
@@ -380,7 +442,10 @@ def main(argv=None) -> int:
         print("error: this downloader needs huggingface_hub: pip install huggingface_hub", file=sys.stderr)
         return 1
     try:
-        download(args.variant, args.train_shards, args.out_dir, repo_id=args.repo_id)
+        repo_id, source = choose_repo_id(args.variant, args.repo_id)
+        train_shards = variant_defaults(args.variant)[1] if args.train_shards is None else args.train_shards
+        print(f"repository       {repo_id} ({source})", flush=True)
+        download(args.variant, train_shards, args.out_dir, repo_id=repo_id)
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -6,7 +6,8 @@ Python version always yields byte-identical output. Every 10th document goes to
 validation. A SentencePiece BPE tokenizer is trained on the train documents,
 and each document is written as [BOS=1] + its tokens.
 
-Layout written to OUT (default: <repo>/data/sample):
+Layout written to OUT (default: <repo>/data/sample for the 1024-piece default,
+<repo>/data/sample_sp<V> for another vocabulary, so that two samples never mix):
     sample_{V}_bpe.model        SentencePiece model (<pad>=0, <s>=1, </s>=2, <unk>=3)
     fineweb_train_000000.bin    train tokens, first half (split at a document start)
     fineweb_train_000001.bin    train tokens, second half
@@ -14,7 +15,14 @@ Layout written to OUT (default: <repo>/data/sample):
 Each .bin is 256 little-endian int32 (magic 20240520, version 1, token count N,
 then zeros) followed by N little-endian uint16 tokens.
 
-Usage: python data/make_sample.py [--out DIR] [--vocab-size V] [--max-chars N] [--force]
+The default corpus (--max-chars 3,000,000; the docstrings of Python 3.11's standard
+library come to 1.17M characters) trains up to 38,311 pieces, so `--vocab 8192` (the
+vocabulary of the SP8192 records) builds data/sample_sp8192 with no other option;
+8192 pieces need about 84,000 characters. A vocabulary the corpus cannot train is
+one error line saying how many pieces it can.
+
+Usage: python data/make_sample.py [--out DIR] [--vocab V] [--max-chars N] [--force]
+       (--vocab-size V is the same as --vocab V)
 """
 
 import argparse
@@ -34,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from train_gpt import SHARD_HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, RunError, atomic_write  # noqa: E402
 
-DEFAULT_OUT = REPO / "data" / "sample"
+VOCAB_SIZE = 1024
+MAX_VOCAB = 65536  # shards hold uint16 token ids
 SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3"}
 DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 MIN_DOC_CHARS = 200
@@ -42,8 +51,19 @@ VAL_EVERY = 10
 BOS = 1
 
 
+# SentencePiece's refusals to train a vocabulary, which name the limit
+TOO_MANY_PIECES = re.compile(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)")
+TOO_FEW_PIECES = re.compile(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)")
+
+
 class SampleError(Exception):
     """An expected failure, reported as one line without a traceback."""
+
+
+def default_out(vocab_size=VOCAB_SIZE):
+    """data/sample for the default vocabulary, data/sample_sp<V> for another: two vocabularies'
+    shards cannot share a folder."""
+    return REPO / "data" / ("sample" if vocab_size == VOCAB_SIZE else f"sample_sp{vocab_size}")
 
 
 def shard_bytes(tokens) -> bytes:
@@ -108,18 +128,33 @@ def collect_documents(max_chars=3_000_000):
 
 
 def train_tokenizer(docs, vocab_size):
-    """A SentencePiece BPE model (bytes) trained on docs, byte fallback on, deterministic."""
+    """A SentencePiece BPE model (bytes) trained on docs, byte fallback on, deterministic. A
+    vocabulary the text cannot train is a SampleError saying the limit."""
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(docs), model_writer=model,
-        model_type="bpe", vocab_size=vocab_size,
-        pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-        byte_fallback=True, character_coverage=1.0, num_threads=2,
-        input_sentence_size=0, shuffle_input_sentence=False,
-        max_sentence_length=max(len(d.encode()) for d in docs),
-        minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(docs), model_writer=model,
+            model_type="bpe", vocab_size=vocab_size,
+            pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+            byte_fallback=True, character_coverage=1.0, num_threads=2,
+            input_sentence_size=0, shuffle_input_sentence=False,
+            max_sentence_length=max(len(d.encode()) for d in docs),
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise SampleError(describe_training_error(str(e), vocab_size, sum(map(len, docs)))) from None
     return model.getvalue()
+
+
+def describe_training_error(message, vocab_size, chars):
+    """One line for SentencePiece's refusal to train vocab_size pieces on chars characters."""
+    if m := TOO_MANY_PIECES.search(message):
+        return (f"--vocab {vocab_size} is more pieces than the {chars:,} characters of training text give "
+                f"(at most {int(m[1]):,}): use more text (--max-chars) or a smaller --vocab")
+    if m := TOO_FEW_PIECES.search(message):
+        return (f"--vocab {vocab_size} is too few pieces: the training text needs at least {int(m[1]):,} "
+                "(one per character, 256 byte pieces and 4 special ones)")
+    return f"SentencePiece cannot train {vocab_size} pieces: {message.strip().splitlines()[0]}"
 
 
 def encode(sp, docs):
@@ -127,7 +162,7 @@ def encode(sp, docs):
     return np.array([t for doc in docs for t in [BOS] + sp.encode(doc)], dtype="<u2")
 
 
-def build_sample(out_dir, vocab_size=1024, max_chars=3_000_000):
+def build_sample(out_dir, vocab_size=VOCAB_SIZE, max_chars=3_000_000):
     """Build the sample into out_dir (overwriting) and return document and token counts."""
     docs = collect_documents(max_chars)
     if len(docs) < 2 * VAL_EVERY:
@@ -152,22 +187,29 @@ def build_sample(out_dir, vocab_size=1024, max_chars=3_000_000):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
-    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--out", type=Path,
+                        help="output directory (default data/sample, or data/sample_sp<V> for another vocabulary)")
+    parser.add_argument("--vocab", "--vocab-size", dest="vocab", type=int, default=VOCAB_SIZE,
+                        help=f"SentencePiece pieces (default {VOCAB_SIZE})")
     parser.add_argument("--max-chars", type=int, default=3_000_000, help="corpus size cap")
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
     args = parser.parse_args(argv)
-    if not args.force and all((args.out / n).is_file() for n in output_names(args.vocab_size)):
-        print(f"sample already built at {args.out}")
+    out = args.out or default_out(args.vocab)
+    if not 256 < args.vocab <= MAX_VOCAB:
+        print(f"make_sample: error: --vocab {args.vocab} must be in (256, {MAX_VOCAB}] (byte fallback needs 256 "
+              "pieces; shards hold uint16)", file=sys.stderr)
+        return 1
+    if not args.force and all((out / n).is_file() for n in output_names(args.vocab)):
+        print(f"sample already built at {out}")
         return 0
     try:
-        c = build_sample(args.out, args.vocab_size, args.max_chars)
+        c = build_sample(out, args.vocab, args.max_chars)
     except (SampleError, RunError, OSError, RuntimeError) as e:
         message = str(e).strip().splitlines() or [type(e).__name__]
         print(f"make_sample: error: {message[0]}", file=sys.stderr)
         return 1
     print(f"docs train={c['train_docs']} val={c['val_docs']}, tokens train={c['train_tokens']} "
-          f"val={c['val_tokens']} -> {args.out}")
+          f"val={c['val_tokens']} -> {out}")
     return 0
 
 
