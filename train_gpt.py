@@ -1236,7 +1236,11 @@ def load_artifact(path) -> dict:
     return container
 
 def code_bytes() -> int:
-    return len(Path(__file__).read_bytes())
+    return len(Path(__file__).read_bytes())  # in a packed submission (scripts/pack.py): the packed file's
+
+def own_source() -> str:
+    """The source that runs, for the log: this file's text, or in a packed submission the source it unpacked."""
+    return globals().get("UNPACKED_SOURCE") or Path(__file__).read_text(encoding="utf-8")
 
 # ----------------------------------------------------------------------------- evaluation (§7)
 def rank_share(n: int, rt: Runtime) -> slice:
@@ -1391,7 +1395,10 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
     optimizers = build_optimizers(model, args, rt)
     log(f"model_params:{sum(p.numel() for p in model.parameters())}")
     log(f"world_size:{rt.world_size} grad_accum_steps:{rt.grad_accum_steps}")
+    t0 = clock()
     warmup_prime(model, optimizers, loader, args, rt)
+    rt.synchronize()
+    log(f"warmup_prime steps:{args.warmup_steps} time:{1000 * (clock() - t0):.0f}ms")  # compiling every graph, on CUDA
 
     ema, swa, qat_on, soft_round_on = EMA(model, args.ema_decay), SWA(), False, False
     burst = deque(maxlen=args.ttt_burst_steps)  # (step, micro-batches) of the last steps, for the burst
@@ -1521,7 +1528,7 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
             log(f"Serialized model: {RAW_MODEL_PATH.stat().st_size} bytes")
             log(f"Code size: {code_bytes()} bytes")
             log(f"quantized_tensors: {kind_counts(container)}")
-            if hessians: log(f"quantize:gptq time:{1000 * seconds:.0f}ms")
+            log(f"quantize:{'gptq' if hessians else 'clip'} time:{1000 * seconds:.0f}ms")
     need(not rt.agree_max(float(bool(failure)))[0], failure or "rank 0 could not write the model files", RunError)
 
 def main(clock=time.perf_counter):
@@ -1536,7 +1543,7 @@ def main(clock=time.perf_counter):
 
 def run(args: Hyperparameters, rt: Runtime, log: Logger, clock):
     """The run after its start-up: checks of the input, training, the artifact, the scored evaluations (§7)."""
-    log("\n".join([Path(__file__).read_text(encoding="utf-8"), "=" * 100, f"Running Python {sys.version}",
+    log("\n".join([own_source(), "=" * 100, f"Running Python {sys.version}",
                    f"Running PyTorch {torch.__version__}"]), console=False)  # the source, versions and GPUs (§8)
     if shutil.which("nvidia-smi"): log(subprocess.run(["nvidia-smi"], capture_output=True, text=True).stdout, console=False)
     log("=" * 100, console=False)

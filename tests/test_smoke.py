@@ -66,6 +66,7 @@ def test_torchrun_two_processes_completes(ddp_and_single):
     steps = [int(s) for s in re.findall(rf"^step:(\d+)/{DDP_ITERATIONS} train_loss:[\d.]+ train_time:\d+ms", log, re.M)]
     assert steps == list(range(1, DDP_ITERATIONS + 1))  # TRAIN_LOG_EVERY=1, and rank 0 alone writes the log
     assert re.search(rf"^step:{DDP_ITERATIONS}/{DDP_ITERATIONS} val_loss:[\d.]+ val_bpb:[\d.]+", log, re.M)
+    assert re.search(r"^warmup_prime steps:2 time:\d+ms$", log, re.M) and re.search(r"^quantize:clip time:\d+ms$", log, re.M)
     diag = DIAG_RE.search(log)
     assert diag and diag.start() > log.rfind("train_loss:"), "the DIAGNOSTIC line comes after training"
     assert 0 < diagnostic_bpb(log) < 8.5  # finite and plausible (the untrained model scores ~4.7 here)
