@@ -92,7 +92,7 @@ _FLOAT = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|nan|inf(?
 _NONFINITE = re.compile(r"(?<=:) ?[-+]?(?:nan|inf(?:inity)?)(?:ms|s|m)?(?![\w.])", re.IGNORECASE)  # a token's value
 _INT = re.compile(r"[-+]?\d+\Z")
 _STEP = re.compile(r"(\d+)/(\d+)\Z")
-_BLOCK_SETTING = re.compile(r"  ([A-Za-z_]\w*): (.*)\Z")  # a line of record-sp8192's Hyperparameters: block
+_BLOCK_SETTING = re.compile(r"  ([A-Za-z_]\w*):(?: (.*))?\Z")  # a line of record-sp8192's Hyperparameters: block
 _TIME_UNITS = (("ms", 1.0), ("s", 1000.0), ("m", 60000.0))  # in this order: "ms" also ends in "s"
 PATTERNS = {
     "model_bytes": re.compile(r"^Serialized model (?:int6|quantized)\+(?:zstd|brotli): (\d+) bytes$"),
@@ -233,7 +233,7 @@ def parse_log(path) -> dict:
         setting = _BLOCK_SETTING.match(line) if in_block else None
         in_block = spaced and (line == "Hyperparameters:" or setting is not None)
         if setting:
-            block.setdefault(setting[1], _setting(setting[2]))
+            block.setdefault(setting[1], _setting(setting[2] or ""))  # an empty value loses its space to rstrip
         elif line.startswith("hyperparameters: ") and out["hyperparameters"] is None:
             out["hyperparameters"], out["hp_source"] = _json_hyperparameters(line), "json"
         if in_block or line.startswith("hyperparameters: "):

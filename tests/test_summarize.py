@@ -1017,6 +1017,10 @@ def test_layouts_are_told_apart_by_their_lines_not_their_names(tmp_path, capsys)
     for path, layout in ((ours, "ours"), (theirs, "record-sp8192"), (old, "record-1.1178")):
         assert S.main([str(path)]) == 0
         assert f"\nlayout: {layout}\n" in capsys.readouterr().out
+    blank = tmp_path / "blank_setting.log"
+    blank.write_text(sp8192_log(42, adam_eps=""))  # "  adam_eps: " loses its trailing space: the block goes on
+    assert "  adam_eps: \n" in blank.read_text()
+    assert S.parse_log(blank)["hyperparameters"] == dict(SP8192_SETTINGS, adam_eps="", seed=42)
     empty = tmp_path / "empty_block.log"
     empty.write_text("Hyperparameters:\ntrain_shards: 128\n")
     with pytest.raises(S.LogError, match="empty 'Hyperparameters:' block"):
