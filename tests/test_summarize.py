@@ -889,3 +889,392 @@ def test_refuses_a_log_with_two_scores(published_logs, tmp_path, capsys):
     twice.write_text(text + "final_ttt_exact val_loss:1.99 val_bpb:1.17\n")
     lines = refused(capsys, [twice])
     assert len(lines) == 1 and "a second final_ttt_exact line" in lines[0]
+
+
+# ----------------------------------------------------------------------------- the SP8192 record's layout
+
+# Figures in the shape of the SP8192 record's logs (1.0810 bpb, 2026-04-09), made up per seed: the layout
+# is what is tested, not that record's published values
+SP8192 = {
+    1337: dict(steps=4555, stop_ms=588123, post=(2.80812345, 1.08771234), roundtrip=(2.83000000, 1.09620000),
+               sliding=(2.79600000, 1.08270000), ttt=(2.79100000, 1.08079000), ttt_ms=340000, model=15976106),
+    42: dict(steps=4561, stop_ms=588402, post=(2.80901234, 1.08805678), roundtrip=(2.83112345, 1.09663456),
+             sliding=(2.79701234, 1.08309012), ttt=(2.79198765, 1.08117234), ttt_ms=341200, model=15981230),
+    7: dict(steps=4549, stop_ms=587990, post=(2.80755555, 1.08749012), roundtrip=(2.82950000, 1.09600123),
+            sliding=(2.79544444, 1.08248765), ttt=(2.79050000, 1.08059876), ttt_ms=339500, model=15970002),
+}
+SP8192_CODE_BYTES = 16594
+SP8192_SETTINGS = dict(adam_eps=1e-08, matrix_lr=0.022, num_layers=11, ttt_enabled=True, vocab_size=8192,
+                       train_seq_len=2048)
+SP8192_TRAIN_STEPS = [1, 500, 1000, 1500, 2000, 2500, 3000, 3500, 4000, 4500]
+
+
+def sp8192_log(seed, finished=True, stop=True, code_bytes=SP8192_CODE_BYTES, drop=(), **settings) -> str:
+    """A log in the layout of the SP8192 record and later ones (no source, a Hyperparameters: block of
+    `  key: value` lines, `key: value` tokens, train_time in minutes) with SP8192's figures for this seed;
+    settings replace or add hyperparameters, drop removes them."""
+    r = SP8192[seed]
+    hp = {k: v for k, v in dict(SP8192_SETTINGS, seed=seed, **settings).items() if k not in drop}
+    avg = r["stop_ms"] / r["steps"]
+    lines = ["Hyperparameters:", *(f"  {key}: {value}" for key, value in hp.items()), "train_shards: 128"]
+    for step in SP8192_TRAIN_STEPS:
+        loss = 2.6 + 6.4 / (1 + step / 40) + 0.001 * (seed % 10)
+        lines.append(f"{step}/20000 train_loss: {loss:.4f} train_time: {step * avg / 60000:.1f}m tok/s: 7712345")
+        if step == 2000:
+            lines.append("layer_loop:enabled step:2017 frac:0.350 encoder:[0, 1, 2, 3, 4, 5, 3, 4] "
+                         "decoder:[5, 3, 4, 5, 6, 7, 8, 9, 10]")
+        if step == 4000:
+            lines.append("4000/20000 val_loss: 2.8123 val_bpb: 1.0889")
+    lines.append(f"{r['steps']}/20000 val_loss: 2.8031 val_bpb: 1.0853")
+    if stop:
+        lines.append(f"stopping_early: wallclock_cap train_time: {r['stop_ms']}ms step: {r['steps']}/20000")
+    lines += ["peak memory allocated: 39012 MiB reserved: 40000 MiB",
+              f"pre-quantization post-ema val_loss:{r['post'][0]:.8f} val_bpb:{r['post'][1]:.8f} eval_time:6123ms",
+              f"Serialized model quantized+brotli: {r['model']} bytes", f"Code size: {code_bytes} bytes",
+              f"Total submission size quantized+brotli: {r['model'] + code_bytes} bytes"]
+    for name, key, ms in (("quantized", "roundtrip", 7000), ("quantized_sliding_window", "sliding", 100000),
+                          ("quantized_ttt", "ttt", r["ttt_ms"])):
+        if key != "ttt" or finished:
+            lines.append(f"{name} val_loss:{r[key][0]:.8f} val_bpb:{r[key][1]:.8f} eval_time:{ms}ms")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def sp8192_logs(tmp_path) -> list[Path]:
+    return write_seed_logs(tmp_path, sp8192_log, "sp8192_seed{seed}.log")
+
+
+def sp8192_curves(text: str):
+    """(train, val) read from an SP8192-layout log's text; a validation's time is that of the training line of
+    its step, or the stop line's."""
+    train = [(int(a), float(b), float(c) * 60000) for a, b, c in
+             re.findall(r"^(\d+)/\d+ train_loss: ([\d.]+) train_time: ([\d.]+)m", text, re.M)]
+    times = {s: t for s, _, t in train} | {int(b): float(a) for a, b in
+                                            re.findall(r"^stopping_early: \S+ train_time: (\d+)ms step: (\d+)/", text, re.M)}
+    val = [(int(a), float(b), float(c), times.get(int(a))) for a, b, c in
+           re.findall(r"^(\d+)/\d+ val_loss: ([\d.]+) val_bpb: ([\d.]+)$", text, re.M)]
+    return train, val
+
+
+def test_sp8192_log_is_read(sp8192_logs):
+    text = sp8192_logs[0].read_text()
+    assert "=" * 100 not in text and "hyperparameters:" not in text
+    log = S.parse_log(sp8192_logs[0])
+    r = SP8192[1337]
+    assert (log["layout"], log["code"], log["hp_source"], log["seed"], log["vocab"]) == ("record-sp8192", None, "block", 1337, 8192)
+    assert log["hyperparameters"] == dict(SP8192_SETTINGS, seed=1337)  # the block only: not train_shards, layer_loop
+    assert (log["ttt_enabled"], log["ttt_source"]) == (True, "settings")
+    assert (log["steps"], log["iterations"], log["stopped_early"]) == (4555, 20000, True)
+    assert log["step_avg_ms"] == pytest.approx(588123 / 4555)  # the stop line's train_time over its step
+    assert (log["post_kind"], log["post_val_loss"], log["post_val_bpb"]) == ("ema", *r["post"])
+    for key in ("roundtrip", "sliding", "ttt"):
+        assert (log[f"{key}_val_loss"], log[f"{key}_val_bpb"]) == r[key], key
+    assert log["ttt_time_s"] == pytest.approx(340.0)
+    assert (log["model_bytes"], log["total_bytes"], log["code_bytes"]) == (15976106, 15976106 + 16594, 16594)
+    assert (log["errors"], log["nonfinite"], log["eval_artifact"]) == ([], [], None)
+    train, val = sp8192_curves(text)
+    assert [s for s, *_ in log["train_curve"]] == SP8192_TRAIN_STEPS
+    assert log["train_curve"] == [(s, v, pytest.approx(t)) for s, v, t in train]
+    assert [(s, loss, bpb) for s, loss, bpb, _ in log["val_curve"]] == [(4000, 2.8123, 1.0889), (4555, 2.8031, 1.0853)]
+    assert [t for *_, t in log["val_curve"]] == pytest.approx([t for *_, t in val])
+    assert log["val_curve"][1][3] == 588123 and log["val_curve"][0][3] == pytest.approx(train[8][2])
+
+
+def test_sp8192_logs_summarise_to_their_own_means(sp8192_logs, tmp_path, capsys):
+    target = tmp_path / "submission.json"
+    argv = [str(p) for p in sp8192_logs] + ["--submission", str(target), "--author", "A", "--github-id", "a", "--name", "n"]
+    assert S.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows["seed"] == ["steps", "step_avg (ms)", "post-EMA bpb", "quantized roundtrip bpb", "sliding bpb", "TTT bpb",
+                            "TTT time (s)", "model bytes", "total bytes"]
+    assert rows["1337"] == ["4555", f"{588123 / 4555:.2f}", "1.0877", "1.09620", "1.08270", "1.08079", "340.0",
+                            "15976106", "15992700"]
+    ttt_bpbs = [SP8192[s]["ttt"][1] for s in SEEDS]
+    totals = [SP8192[s]["model"] + SP8192_CODE_BYTES for s in SEEDS]
+    assert rows["mean"][5] == f"{statistics.mean(ttt_bpbs):.5f}" and rows["std"][5] == f"{statistics.stdev(ttt_bpbs):.5f}"
+    assert rows["mean"][8] == f"{statistics.mean(totals):.0f}"
+    assert "\nlayout: record-sp8192\n" in out
+    mean_loss = statistics.mean(SP8192[s]["ttt"][0] for s in SEEDS)
+    assert re.search(rf"^mean val_loss {mean_loss:.8f} nats .* mean val_bpb {statistics.mean(ttt_bpbs):.8f} .*from quantized_ttt$",
+                     out, re.M)
+    [checks] = [line for line in out.splitlines() if line.startswith("checks not made: ")]
+    assert "source not logged (sp8192_seed1337.log, sp8192_seed42.log, sp8192_seed7.log) — same code checked only " \
+           "by the 'Code size: N bytes' line" in checks
+    assert "JSON" not in checks and "TTT on/off" not in checks and "vocabular" not in out
+    data = json.loads(target.read_text())
+    assert data["val_bpb"] == pytest.approx(statistics.mean(ttt_bpbs), abs=1e-8) and data["metric"] == "quantized_ttt"
+    assert data["bytes_total"] == round(statistics.mean(totals)) and data["bytes_code"] == SP8192_CODE_BYTES
+    assert data["seeds"] == SEEDS and data["val_loss_per_seed"] == [SP8192[s]["ttt"][0] for s in SEEDS]
+
+
+def test_layouts_are_told_apart_by_their_lines_not_their_names(tmp_path, capsys):
+    ours, theirs, old = tmp_path / "train_seed42.log", tmp_path / "record_seed42.txt", tmp_path / "sp8192.log"
+    ours.write_text(record_log(42))
+    theirs.write_text(sp8192_log(42))
+    old.write_text(published_log(42))
+    assert [S.parse_log(p)["layout"] for p in (ours, theirs, old)] == ["ours", "record-sp8192", "record-1.1178"]
+    for path, layout in ((ours, "ours"), (theirs, "record-sp8192"), (old, "record-1.1178")):
+        assert S.main([str(path)]) == 0
+        assert f"\nlayout: {layout}\n" in capsys.readouterr().out
+    blank = tmp_path / "blank_setting.log"
+    blank.write_text(sp8192_log(42, adam_eps=""))  # "  adam_eps: " loses its trailing space: the block goes on
+    assert "  adam_eps: \n" in blank.read_text()
+    assert S.parse_log(blank)["hyperparameters"] == dict(SP8192_SETTINGS, adam_eps="", seed=42)
+    empty = tmp_path / "empty_block.log"
+    empty.write_text("Hyperparameters:\ntrain_shards: 128\n")
+    with pytest.raises(S.LogError, match="empty 'Hyperparameters:' block"):
+        S.parse_log(empty)
+
+
+def test_sp8192_logs_of_other_code_settings_or_unfinished_are_refused(sp8192_logs, tmp_path, capsys):
+    cases = {
+        "code.log": (sp8192_log(42, code_bytes=16600), "code differs from that of {ref} (no source in the log; "
+                                                        "Code size 16594 vs 16600 bytes)"),
+        "lr.log": (sp8192_log(42, matrix_lr=0.03), "hyperparameters differ from those of {ref}: matrix_lr (0.022 vs 0.03)"),
+        "extra.log": (sp8192_log(42, qk_gain=5.0), "hyperparameters differ from those of {ref}: qk_gain (\"<absent>\" vs 5.0)"),
+        "unfinished.log": (sp8192_log(42, finished=False), "unfinished run: no quantized_ttt line"),
+        "no_size.log": (re.sub(r"^Total submission size .*\n", "", sp8192_log(42), flags=re.M),
+                        "no 'Total submission size quantized+brotli: N bytes' line"),
+        "seed.log": (sp8192_log(42, matrix_lr=0.022).replace("  seed: 42", "  seed: 1337").replace("2.8031", "2.8032"),
+                     "seed 1337 is also the seed of {ref}"),
+    }
+    for name, (text, reason) in cases.items():
+        (tmp_path / name).write_text(text)
+        lines = refused(capsys, [sp8192_logs[0], tmp_path / name])
+        assert len(lines) == 1 and lines[0].startswith(f"refused: {tmp_path / name}: "), name
+        assert reason.format(ref=sp8192_logs[0]) in lines[0], (name, lines[0])
+
+
+def test_sp8192_logs_without_a_code_size_line_say_the_code_is_not_checked(sp8192_logs, tmp_path, capsys):
+    cut = tmp_path / "no_code_size.log"
+    cut.write_text(sp8192_log(42, code_bytes=99).replace("Code size: 99 bytes\n", ""))  # another code, unseen
+    assert S.parse_log(cut)["code_bytes"] is None
+    assert S.main([str(sp8192_logs[0]), str(cut)]) == 0
+    assert ("source not logged (sp8192_seed1337.log, no_code_size.log) — same code checked only by the 'Code size: "
+            "N bytes' line, not at all for no_code_size.log (no such line)") in capsys.readouterr().out
+
+
+def test_sp8192_step_time_needs_the_stop_line_and_ttt_without_its_setting_comes_from_the_lines(tmp_path, capsys):
+    path = tmp_path / "no_stop.log"
+    path.write_text(sp8192_log(1337, stop=False))
+    log = S.parse_log(path)
+    assert (log["steps"], log["stopped_early"], log["step_avg_ms"]) == (4555, False, None)  # minutes are too coarse
+    assert log["val_curve"][1][3] is None  # no training line at step 4555
+    paths = [tmp_path / f"s{seed}.log" for seed in SEEDS]
+    for seed, p in zip(SEEDS, paths):
+        p.write_text(sp8192_log(seed, drop=("ttt_enabled",)))
+    assert S.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert "TTT on/off not logged (s1337.log, s42.log, s7.log) — taken from the presence of final_ttt/ttt_chunk/quantized_ttt lines" in out
+    assert table_rows(out)["mean"][5] == f"{statistics.mean(SP8192[s]['ttt'][1] for s in SEEDS):.5f}"
+    for seed, p in zip(SEEDS, paths):  # TTT off by its setting: scored by the sliding window
+        p.write_text(sp8192_log(seed, finished=False, ttt_enabled=False))
+    assert S.main([str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^mean val_loss .* from quantized_sliding_window \(TTT disabled\)$", out, re.M)
+    assert table_rows(out)["mean"][4:6] == [f"{statistics.mean(SP8192[s]['sliding'][1] for s in SEEDS):.5f}", "n/a"]
+
+
+# ----------------------------------------------------------------------------- logs of several layouts in one table
+
+def test_our_logs_and_sp8192_logs_share_a_table(tmp_path, capsys):
+    ours = write_seed_logs(tmp_path, lambda seed: record_log(seed, vocab_size=1024), "record_seed{seed}.txt")
+    theirs = write_seed_logs(tmp_path, sp8192_log, "sp8192_seed{seed}.log")
+    argv = [str(ours[0]), str(theirs[0]), str(ours[1]), str(theirs[1]), str(ours[2]), str(theirs[2])]
+    assert S.main(argv) == 0
+    out = capsys.readouterr().out
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")]
+    assert table[0][:3] == ["seed", "layout", "steps"] and table[0][5] == "quantized roundtrip bpb"
+    assert [row[:3] for row in table[2:8]] == [["1337", "ours", "7041"], ["1337", "record-sp8192", "4555"],
+                                               ["42", "ours", "7025"], ["42", "record-sp8192", "4561"],
+                                               ["7", "ours", "7035"], ["7", "record-sp8192", "4549"]]
+    means = {(row[0], row[1]): row[2:] for row in table[8:]}
+    assert sorted(means) == [("mean", "ours"), ("mean", "record-sp8192"), ("std", "ours"), ("std", "record-sp8192")]
+    for layout, figures in (("ours", RECORD), ("record-sp8192", SP8192)):  # each layout's own mean and std
+        bpbs = [figures[s]["ttt"][1] for s in SEEDS]
+        assert means[("mean", layout)][5] == f"{statistics.mean(bpbs):.5f}", layout
+        assert means[("std", layout)][5] == f"{statistics.stdev(bpbs):.5f}", layout
+    assert means[("mean", "ours")][8] == "15752363"
+    assert "\nlayouts: ours (record_seed1337.txt, record_seed42.txt, record_seed7.txt); record-sp8192 " \
+           "(sp8192_seed1337.log, sp8192_seed42.log, sp8192_seed7.log)\n" in out
+    assert re.search(r"^ours: mean val_loss 1\.88731000 nats .*from final_ttt_exact$", out, re.M)
+    assert re.search(r"^record-sp8192: mean val_loss 2\.79\d+ nats .*from quantized_ttt$", out, re.M)
+    [vocab] = [line for line in out.splitlines() if line.startswith("vocabularies differ")]
+    assert vocab == ("vocabularies differ (vocab 1024: record_seed1337.txt, record_seed42.txt, record_seed7.txt; vocab 8192: "
+                     "sp8192_seed1337.log, sp8192_seed42.log, sp8192_seed7.log): val_bpb (bits per byte of the same text) "
+                     "is comparable across them, val_loss (nats per token of each tokenizer) is not")
+    [checks] = [line for line in out.splitlines() if line.startswith("checks not made: ")]
+    assert "logs of different layouts not checked against each other — code, hyperparameters, seeds and TTT on/off " \
+           "checked within a layout only: ours (record_seed1337.txt" in checks
+    assert "hyperparameters logged by both ours and record-sp8192 that differ (first log of each): matrix_lr (0.025 vs " \
+           "0.022), vocab_size (1024 vs 8192)" in checks
+    summary = S.summarize(argv)
+    assert [g["layout"] for g in summary["groups"]] == ["ours", "record-sp8192"]
+    assert summary["val_bpb"] is None and summary["groups"][1]["val_bpb"] == pytest.approx(
+        statistics.mean(SP8192[s]["ttt"][1] for s in SEEDS))
+
+
+def test_mixed_layouts_are_still_checked_within_each_layout(tmp_path, capsys):
+    ours = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    ours[0].write_text(record_log(1337, vocab_size=1024))
+    ours[1].write_text(record_log(42, vocab_size=1024, matrix_lr=0.03))
+    theirs = [tmp_path / "c.log", tmp_path / "d.log"]
+    theirs[0].write_text(sp8192_log(1337))
+    theirs[1].write_text(sp8192_log(42, code_bytes=1))
+    lines = refused(capsys, [ours[0], theirs[0], ours[1], theirs[1]])
+    assert len(lines) == 2
+    assert lines[0].startswith(f"refused: {ours[1]}: hyperparameters differ from those of {ours[0]}: matrix_lr")
+    assert lines[1].startswith(f"refused: {theirs[1]}: code differs from that of {theirs[0]}")
+
+
+def test_published_logs_and_sp8192_logs_say_the_vocabulary_is_not_logged(published_logs, sp8192_logs, capsys):
+    assert S.main([str(published_logs[0]), str(sp8192_logs[0])]) == 0
+    out = capsys.readouterr().out
+    assert "vocabularies differ" not in out  # one of the two is not known
+    assert "vocabulary not logged (train_seed1337.log) — whether val_loss is comparable across the table not checked" in out
+    assert "hyperparameters logged by both record-1.1178 and record-sp8192 that differ (first log of each): matrix_lr " \
+           "(0.025 vs 0.022)" in out
+
+
+def test_mixed_logs_refuse_the_significance_test_and_the_submission(tmp_path, capsys):
+    ours = write_seed_logs(tmp_path, lambda seed: record_log(seed, vocab_size=1024), "record_seed{seed}.txt")
+    theirs = write_seed_logs(tmp_path, sp8192_log, "sp8192_seed{seed}.log")
+    line = refused_and_nothing_written(capsys, tmp_path, [*ours, *theirs])
+    assert line == (f"refused: {', '.join(map(str, [*ours, *theirs]))}: the significance test compares val_loss in nats "
+                    "per token, which is not comparable between tokenizers, and these logs' vocabularies differ "
+                    "(vocab 1024: record_seed1337.txt, record_seed42.txt, record_seed7.txt; vocab 8192: "
+                    "sp8192_seed1337.log, sp8192_seed42.log, sp8192_seed7.log)")
+    same_vocab = write_seed_logs(tmp_path, lambda seed: record_log(seed, vocab_size=8192), "v8192_seed{seed}.txt")
+    line = refused_and_nothing_written(capsys, tmp_path, [*same_vocab, *theirs])
+    assert line.endswith("the significance test is over the seeds of one run, and these logs are of 2 layouts "
+                         "(ours, record-sp8192)")
+    target = tmp_path / "submission.json"
+    lines = refused(capsys, [*same_vocab, *theirs, "--submission", target, "--author", "A", "--github-id", "a", "--name", "n"])
+    assert lines == [f"refused: {target}: a submission is the seeds of one run, and these logs are of 2 layouts "
+                     "(ours, record-sp8192)"]
+    assert not target.exists()
+
+
+# ----------------------------------------------------------------------------- significance and the vocabulary
+
+def test_the_significance_test_states_its_vocabulary_and_record_vocab_checks_it(sp8192_logs, published_logs, capsys):
+    record = 2.80
+    assert S.main([str(p) for p in sp8192_logs] + ["--record-val-loss", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert (f"significance vs record val_loss {record} (val_loss in nats per token of vocab 8192; the record's val_loss "
+            "must be of the same tokenizer (--record-vocab checks it)): one-sided one-sample t-test") in out
+    losses = [SP8192[s]["ttt"][0] for s in SEEDS]
+    t = (record - statistics.mean(losses) - 0.005) / (statistics.stdev(losses) / math.sqrt(3))
+    m = re.search(r"^mean improvement [-\d.]+ nats, t=([-\d.]+), df=2, p=([\d.e-]+)$", out, re.M)
+    assert float(m[1]) == pytest.approx(t, abs=1e-4) and float(m[2]) == pytest.approx(t_sf_df2(t), rel=1e-3)
+    assert S.main([str(p) for p in sp8192_logs] + ["--record-val-loss", str(record), "--record-vocab", "8192"]) == 0
+    assert "(val_loss in nats per token of vocab 8192, as the record's (--record-vocab)): " in capsys.readouterr().out
+    lines = refused(capsys, [*sp8192_logs, "--record-val-loss", "1.88731", "--record-vocab", "1024"])
+    assert len(lines) == 1 and lines[0].endswith("--record-vocab 1024: the record's val_loss is in nats per token of "
+                                                 "another tokenizer than these logs' (vocab 8192), not comparable")
+    # the 1.1178 record's logs do not log their vocabulary: said, and --record-vocab cannot check it
+    assert S.main([str(p) for p in published_logs] + ["--record-val-loss", "1.90", "--record-vocab", "1024"]) == 0
+    assert ("(val_loss in nats per token of the logs' tokenizer (vocabulary not logged in train_seed1337.log, "
+            "train_seed42.log, train_seed7.log); taken to be the record's, vocab 1024 (--record-vocab), which cannot "
+            "be checked): ") in capsys.readouterr().out
+    for bad in ("0", "x", "-8"):
+        with pytest.raises(SystemExit) as e:
+            S.main([str(sp8192_logs[0]), "--record-vocab", bad])
+        assert e.value.code == 2 and "positive integer" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- non-finite values in any line
+
+@pytest.mark.parametrize("make_log, old, new", [
+    (record_log, "final_int6_roundtrip val_loss:1.9324 val_bpb:1.1445 eval_time:5900ms",
+     "final_int6_roundtrip val_loss:nan val_bpb:nan eval_time:100ms"),
+    (record_log, "ttt:chunk 10/1893 running_val_bpb:1.1604 elapsed:2.4s", "ttt:chunk 10/1893 running_val_bpb:nan elapsed:2.1s"),
+    (record_log, "final_ttt val_loss:1.8882 val_bpb:1.1183 eval_time:404000ms", "final_ttt val_loss:1.8882 val_bpb:inf eval_time:404000ms"),
+    (record_log, "swa:start step:6350", "swa:start step:6350 loss:-Infinity"),
+    (published_log, "ttt_chunk [1/1893] bpb:1.1621", "ttt_chunk [1/1893] bpb:NaN"),
+    (sp8192_log, "4000/20000 val_loss: 2.8123", "4000/20000 val_loss: nan"),
+    (sp8192_log, "500/20000 train_loss: ", "500/20000 tok/s: inf train_loss: "),
+    (sp8192_log, "quantized val_loss:2.83112345", "quantized val_loss:nan"),
+    (sp8192_log, "peak memory allocated: 39012 MiB", "peak memory allocated: nan MiB"),
+])
+def test_refuses_a_non_finite_value_in_any_line_with_figures(tmp_path, capsys, make_log, old, new):
+    text = make_log(42)
+    assert old in text, old
+    bad = tmp_path / "bad.log"
+    bad.write_text(text.replace(old, new))
+    number = text.split("\n").index(next(line for line in text.split("\n") if old in line)) + 1
+    lines = refused(capsys, [bad])
+    assert len(lines) == 1
+    assert lines[0].startswith(f"refused: {bad}: non-finite value (nan/inf) in line {number}: '{new.split(':')[0]}"), lines[0]
+
+
+def test_non_finite_settings_and_words_are_not_figures(tmp_path, capsys):
+    json_line = re.search(r"^hyperparameters: .*$", record_log(42), re.M)[0]
+    ours = record_log(42).replace(json_line, json_line[:-1] + ', "grad_clip_norm": Infinity}')
+    ours = ours.replace("swa:start step:6350", "note: information only\nswa:start step:6350")
+    theirs = sp8192_log(42, grad_clip_norm="inf")
+    for name, text in (("ours.txt", ours), ("theirs.log", theirs)):
+        (tmp_path / name).write_text(text)
+        log = S.parse_log(tmp_path / name)
+        assert log["nonfinite"] == [] and math.isinf(float(log["hyperparameters"]["grad_clip_norm"])), name
+        assert S.main([str(tmp_path / name)]) == 0
+        capsys.readouterr()
+
+
+# ----------------------------------------------------------------------------- evaluation-only runs
+
+def eval_only_log(seed) -> str:
+    """record_log's lines as an evaluation-only run of train_gpt.py logs them: no training, an eval_artifact line."""
+    kept = [line for line in record_log(seed).split("\n")
+            if not re.match(r"(step:|stopping_early|swa:|late_qat|peak memory|DIAGNOSTIC|Serialized model:|Code size)", line)]
+    at = kept.index(next(line for line in kept if line.startswith("val_tokens:")))
+    return "\n".join(kept[:at + 1] + ["eval_artifact:final_model.int6.ptz"] + kept[at + 1:])
+
+
+def test_refuses_an_evaluation_only_log_as_a_seed(record_logs, tmp_path, capsys):
+    bad = tmp_path / "eval_only.txt"
+    bad.write_text(eval_only_log(42))
+    assert S.parse_log(bad)["ttt_val_bpb"] == RECORD[42]["ttt"][1]  # scored, but trained nothing
+    for argv in ([bad], [record_logs[0], bad]):
+        lines = refused(capsys, argv)
+        assert lines == [f"refused: {bad}: an evaluation-only run, not a training run (eval_artifact:final_model.int6.ptz)"]
+    no_steps = tmp_path / "no_steps.txt"
+    no_steps.write_text(eval_only_log(42).replace("eval_artifact:final_model.int6.ptz\n", ""))
+    assert refused(capsys, [no_steps]) == [f"refused: {no_steps}: no training lines (step lines): not a training run"]
+
+
+def test_a_real_evaluation_only_log_is_refused(tiny_env, monkeypatch, tmp_path, capsys):
+    import train_gpt as tg
+    args = tg.Hyperparameters()
+    artifact = tmp_path / "untrained.int6.ptz"
+    artifact.write_bytes(tg.compress_artifact(tg.quantize_state_dict(tg.build_model(args).state_dict(),
+                                                                     args.passthrough_max_numel)))
+    monkeypatch.setenv("EVAL_ARTIFACT", str(artifact))
+    monkeypatch.setenv("TTT_ENABLED", "0")  # speed: scored by the sliding window
+    tg.main()
+    path = tmp_path / "logs" / "tiny.txt"
+    assert re.search(r"^final_int6_sliding_window_exact val_loss:[\d.]+ val_bpb:[\d.]+$", path.read_text(), re.M)
+    assert refused(capsys, [path]) == [f"refused: {path}: an evaluation-only run, not a training run "
+                                       f"(eval_artifact:{artifact})"]
+
+
+# ----------------------------------------------------------------------------- --plot of every layout
+
+def test_plot_draws_sp8192_logs_and_labels_the_layouts_when_mixed(record_logs, sp8192_logs):
+    logs = S.summarize(sp8192_logs)["logs"]
+    axes = S.plot_curves(logs).axes
+    for seed, path in zip(SEEDS, sp8192_logs):
+        train, val = sp8192_curves(path.read_text())
+        timed = [(t, b) for _, _, b, t in val if t is not None]
+        expected = [([s for s, _, _ in train], [v for _, v, _ in train]),
+                    ([t / 1000 for _, _, t in train], [v for _, v, _ in train]),
+                    ([s for s, *_ in val], [b for _, _, b, _ in val]),
+                    ([t / 1000 for t, _ in timed], [b for _, b in timed])]
+        for ax, (xs, ys) in zip(axes, expected):
+            [line] = [line for line in ax.get_lines() if line.get_label() == f"seed {seed}"]
+            assert list(line.get_xdata()) == pytest.approx(xs) and list(line.get_ydata()) == pytest.approx(ys)
+        assert len(expected[3][0]) == 2 and len(expected[1][0]) == len(SP8192_TRAIN_STEPS)
+    mixed = S.plot_curves([S.parse_log(record_logs[0]), S.parse_log(sp8192_logs[0])])
+    labels = {line.get_label() for line in mixed.axes[0].get_lines() if not line.get_label().startswith("record")}
+    assert labels == {"seed 1337 (ours)", "seed 1337 (record-sp8192)"}
