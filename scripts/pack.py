@@ -95,7 +95,7 @@ def packed_text(source: str) -> str:
 
 def unpacked_by_wrapper(packed: str) -> str | None:
     """What the packed file binds to UNPACKED_SOURCE: its own code, run with exec() stubbed out."""
-    namespace = {"__builtins__": builtins, "exec": lambda code: None}
+    namespace = {"__builtins__": builtins, "__name__": "packed", "__file__": "packed.py", "exec": lambda *args, **kwargs: None}
     exec(compile(packed, "<packed>", "exec", dont_inherit=True), namespace)
     return namespace.get("UNPACKED_SOURCE")
 
