@@ -62,7 +62,10 @@ def minify(source: str) -> str:
         import python_minifier
     except ImportError:
         raise PackError(f"python-minifier is not installed: pip install {MINIFIER} (or pack with --no-minify)") from None
-    return python_minifier.minify(source, **minify_options())
+    try:
+        return python_minifier.minify(source, **minify_options())
+    except Exception as e:  # its own check of its output (UnstableMinification), or syntax it does not know
+        raise PackError(f"python-minifier failed ({e.__class__.__name__}: {e}); pack with --no-minify") from None
 
 
 def read_source(path: Path) -> str:

@@ -16,8 +16,8 @@ from conftest import GOLDEN_LINE, REPO, RULE, TINY, load_tool, make_args, model_
 pack_tool = load_tool("scripts/pack.py", "pack")
 PACK = [sys.executable, str(REPO / "scripts" / "pack.py")]
 
-# Measured on the train_gpt.py of this commit (98,949 bytes; python-minifier 3.4.0, Python 3.11): minified
-# 65,165 bytes, packed 25,670. The bound is that plus 15 %: the file grows with features, and the bound only
+# Measured: scripts/pack.py on the 98,949-byte train_gpt.py (python-minifier 3.4.0, Python 3.11) wrote a minified
+# source of 65,165 bytes, packed in 25,670. The bound is that plus 15 %: the file grows with features, and the bound only
 # catches packing that broke (packed without minifying: 35,305 bytes; minified but not compressed: 65,165).
 PACKED_BYTES_BOUND = 29_500
 # The same measure that does not move with the source's length: packed / source was 0.259 (0.357 unminified).
@@ -45,6 +45,17 @@ def packed(tmp_path_factory) -> Path:
     return out
 
 
+def small_program(folder: Path) -> Path:
+    path = folder / "program.py"
+    path.write_text('"""A docstring."""\nprint("ran", 6 * 7)\n', encoding="utf-8")
+    return path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 @functools.cache
 def minified_source() -> str:
     return pack_tool.minify((REPO / "train_gpt.py").read_text(encoding="utf-8"))
@@ -64,10 +75,10 @@ def plain_and_packed(tiny_data, packed, tmp_path_factory) -> dict:
     return runs
 
 
-def code_size_figures(run_lines: list[str]) -> dict:
+def code_size_figures(lines: list[str]) -> dict:
     """The three figures that count the code, by the line's first word: Code (size), size_estimate: (its
     total with the code), Total (submission size)."""
-    found = {m[1].split()[0]: int(m[2]) for line in run_lines if (m := CODE_SIZE_FIGURES.match(line))}
+    found = {m[1].split()[0]: int(m[2]) for line in lines if (m := CODE_SIZE_FIGURES.match(line))}
     assert found.keys() == {"Code", "size_estimate:", "Total"}, found
     return found
 
@@ -87,6 +98,8 @@ def test_the_packed_file_runs_as_the_plain_one(plain_and_packed):
 
 
 def test_the_packed_log_carries_the_unpacked_source_and_the_packed_size(plain_and_packed):
+    """The packed run's log starts with the minified source it ran; its code size, the size estimate at start
+    and the total submission size count the packed file's own bytes (the plain run's, the plain file's)."""
     plain, packed = (plain_and_packed[name] for name in ("plain", "packed"))
     assert packed["log"].startswith(minified_source() + "\n" + RULE + "\n")
     assert plain["log"].startswith((REPO / "train_gpt.py").read_text(encoding="utf-8") + "\n" + RULE + "\n")
@@ -104,10 +117,11 @@ def test_the_packed_log_carries_the_unpacked_source_and_the_packed_size(plain_an
 def test_the_packed_size_stays_under_its_bound(packed):
     size = os.path.getsize(packed)
     assert size < PACKED_BYTES_BOUND, f"packed {size} bytes"
-    assert size / os.path.getsize(REPO / "train_gpt.py") < PACKED_FRACTION_BOUND
+    assert size / os.path.getsize(REPO / "train_gpt.py") < PACKED_FRACTION_BOUND, f"packed {size} bytes"
 
 
 def test_no_minify_packs_the_source_whole(packed, tmp_path):
+    """--no-minify: the packed file unpacks to the source byte for byte (docstrings and all), and is larger."""
     out = tmp_path / "train_gpt.py"
     result = pack_cli("--no-minify", "--out", out)
     assert result.returncode == 0 and SIZES_LINE.fullmatch(result.stdout.strip())[3] is None, result
@@ -134,13 +148,8 @@ def test_the_packed_file_imports_as_a_module_without_running(packed, tmp_path, m
     assert [(n, p.shape) for n, p in model.named_parameters()] == [(n, p.shape) for n, p in plain.named_parameters()]
 
 
-def small_program(folder: Path) -> Path:
-    path = folder / "program.py"
-    path.write_text('"""A docstring."""\nprint("ran", 6 * 7)\n', encoding="utf-8")
-    return path
-
-
 def test_a_small_program_packs_and_runs(tmp_path):
+    """The wrapper is two lines and the program it unpacks runs as __main__."""
     out = tmp_path / "packed.py"
     assert pack_cli("--in", small_program(tmp_path), "--out", out).returncode == 0
     assert len(out.read_text().splitlines()) == 2  # the wrapper: imports, then unpack and exec
@@ -163,11 +172,6 @@ BAD_INPUTS = {  # name: (arguments, given the folder of the case; what the one l
 }
 
 
-def write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
     arguments, message = BAD_INPUTS[case]
@@ -179,26 +183,49 @@ def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("minified source does not compile", "the minified source does not compile (line 1)"),
-    ("packed file unpacks to other text", "the packed file does not unpack to the minified source"),
-])
-def test_a_failed_check_before_writing_leaves_the_output_as_it_was(fault, message, tmp_path, monkeypatch, capsys):
-    """The checks pack.py makes of its own result: a minifier that wrote broken code, a packed file that
-    does not unpack to what was minified. The output already there is left whole, no temporary file stays."""
-    if fault == "minified source does not compile":
-        monkeypatch.setattr(pack_tool, "minify", lambda source: "def broken(:\n")
-    else:
-        packed_text = pack_tool.packed_text
-        monkeypatch.setattr(pack_tool, "packed_text", lambda source: packed_text(source + "# other\n"))
+def minifier_fails(monkeypatch):
+    import python_minifier
+    monkeypatch.setattr(python_minifier, "minify", lambda source, **options: 1 / 0)
+
+
+def packed_text_with_other_source(monkeypatch):
+    packed_text = pack_tool.packed_text
+    monkeypatch.setattr(pack_tool, "packed_text", lambda source: packed_text(source + "# other\n"))
+
+
+def rename_fails(monkeypatch):
+    def no_space(source, destination):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pack_tool.os, "replace", no_space)
+
+
+FAULTS = {  # what goes wrong: (how, given the MonkeyPatch; the start of the one line)
+    "minifier not installed": (lambda patch: patch.setitem(sys.modules, "python_minifier", None),
+                               "python-minifier is not installed: pip install python-minifier==3.4.0"),
+    "minifier fails": (minifier_fails, "python-minifier failed (ZeroDivisionError: division by zero)"),
+    "minified source does not compile": (lambda patch: patch.setattr(pack_tool, "minify", lambda source: "def broken(:\n"),
+                                         "the minified source does not compile (line 1)"),
+    "packed file unpacks to other text": (packed_text_with_other_source, "the packed file does not unpack to the minified source"),
+    "the rename fails": (rename_fails, "cannot write {out}: No space left on device"),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_failed_step_leaves_the_output_as_it_was(fault, tmp_path, monkeypatch, capsys):
+    """The minifier missing or failing, the checks pack.py makes of its own result (a minifier that wrote
+    broken code, a packed file that does not unpack to what was minified), a full disk: one line, the
+    output already there left whole, no temporary file left."""
+    cause, message = FAULTS[fault]
+    cause(monkeypatch)
     out = write(tmp_path / "out.py", b"the earlier file\n")
     assert pack_tool.main(["--in", str(small_program(tmp_path)), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"pack.py: error: {message}") and len(err.splitlines()) == 1, err
+    assert err.startswith(f"pack.py: error: {message.format(out=out)}") and len(err.splitlines()) == 1, err
     assert out.read_bytes() == b"the earlier file\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.py", "program.py"]
 
 
 def test_the_output_is_replaced_whole(tmp_path):
+    """A longer file already at --out is replaced, not overwritten in place: nothing of it remains."""
     out = write(tmp_path / "out.py", b"x" * 100_000)
     assert pack_cli("--in", small_program(tmp_path), "--out", out).returncode == 0
     assert pack_tool.unpacked_by_wrapper(out.read_text()) == pack_tool.minify(small_program(tmp_path).read_text())
