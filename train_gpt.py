@@ -59,6 +59,7 @@ class Hyperparameters:
     passthrough_max_numel: int = 65_536  # tensors this small stay fp16 in the artifact (§6)
     compressor: str = "zstd"  # zstd: level 22 (the record) | brotli: quality 11 over the byte-shuffled container
     allow_over_limit: bool = False  # 1: train even where the size estimate at start is over the 16,000,000-byte limit
+    fit: bool = False  # 1: an artifact that would put the total at or over the limit is pruned until it fits (§6)
     # training length and batch
     iterations: int = 20_000
     max_wallclock_seconds: float = 600.0  # 0: no cap
@@ -1001,6 +1002,7 @@ class SWA:
 
 # ----------------------------------------------------------------------------- artifact (§6)
 SUBMISSION_LIMIT_BYTES = 16_000_000
+FIT_MARGIN = 0.01  # FIT=1: the estimate at start may be this much over the limit (pruning closes such a gap cheaply)
 ARTIFACT_PATH, RAW_MODEL_PATH = Path("final_model.int6.ptz"), Path("final_model.pt")
 INT6_CLIP_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 INT8_CLIP_QUANTILE = 0.9999984
@@ -1207,6 +1209,54 @@ def estimate_size(state_dict: dict[str, Tensor], args: Hyperparameters) -> tuple
     estimate = round(payload_bits / 8 * ratio)
     return estimate, (" ".join(f"{k}:{v}" for k, v in counts.items() if v or k != "int5") +
                       f" params, payload {payload_bits // 8} bytes x {ratio} ({args.compressor}) = {estimate} bytes")
+
+def zeroing_costs(container: dict, weights: dict[str, Tensor], hessians: dict[str, Tensor]) -> list[tuple[str, Tensor, Tensor]]:
+    """(name, flat indices of its +-1 values, what zeroing each adds to its row's error (w - q s) H (w - q s)^T) per
+    quantised tensor; H its Hessian, or I where it has none: 2 d (E H)_ij + d^2 H_jj with d = q_ij s_i, E = w - q s."""
+    found = []
+    for name, meta in container["m"].items():
+        if meta == "passthrough": continue
+        q, s = container["w"][name + ".q"].float(), container["w"][name + ".scale"].float()[:, None]
+        ones = (q.abs() == 1).flatten().nonzero().squeeze(1)
+        h = hessians.get(name, None)
+        h = torch.eye(q.shape[1]) if h is None else h.float().cpu()
+        d = (q * s).flatten()[ones]
+        pull = ((weights[name].float().cpu() - q * s) @ h).flatten()[ones]
+        found.append((name, ones, 2 * d * pull + d.square() * h.diagonal()[ones % q.shape[1]]))
+    return found
+
+def fit_artifact(container: dict, weights: dict[str, Tensor], hessians: dict[str, Tensor], room: int, compressor: str,
+                 log) -> bytes:
+    """FIT (§6): the artifact with the k +-1 values of least cost (zeroing_costs) set to 0, for the fewest k, within 2 %,
+    that brings it to at most `room` bytes; k is searched over real compressions (the size is not additive), by
+    interpolation kept inside a bisection bracket. The container is changed in place to what the bytes hold."""
+    before = compress_artifact(container, compressor)
+    if len(before) <= room: return before
+    found = zeroing_costs(container, weights, hessians)
+    order = torch.argsort(torch.cat([cost for *_, cost in found]))
+    owner = torch.cat([torch.full_like(ones, i) for i, (_, ones, _) in enumerate(found)])[order]
+    flat = torch.cat([ones for _, ones, _ in found])[order]
+    original = {name: container["w"][name + ".q"] for name, _, _ in found}
+    def prune(k: int) -> dict:
+        """The container with its k cheapest +-1 values set to 0 (in place)."""
+        for i, (name, _, _) in enumerate(found):
+            container["w"][name + ".q"] = original[name].clone()
+            container["w"][name + ".q"].view(-1)[flat[:k][owner[:k] == i]] = 0
+        return container
+    lo, lo_bytes, hi = 0, len(before), len(order)
+    blob, compressions = compress_artifact(prune(hi), compressor), 2
+    need(len(blob) <= room, f"FIT: the artifact is {len(blob)} bytes with all {hi} of its +-1 values pruned, over the "
+         f"{room} bytes left by the code", RunError)
+    while hi - lo > max(1, hi // 50):
+        guess = lo + round((hi - lo) * (lo_bytes - room) / max(lo_bytes - len(blob), 1) * 1.05)
+        k = min(max(guess, lo + (hi - lo) // 8, lo + 1), hi - max((hi - lo) // 8, 1))
+        candidate, compressions = compress_artifact(prune(k), compressor), compressions + 1
+        if len(candidate) <= room: hi, blob = k, candidate
+        else: lo, lo_bytes = k, len(candidate)
+    prune(hi)  # the container holds what blob holds
+    log(f"fit: pruned {hi} of {len(order)} +-1 values (least H-weighted error); artifact {len(before)} -> {len(blob)} "
+        f"bytes, room {room}; {compressions} compressions")
+    return blob
 
 def load_artifact(path) -> dict:
     """Reads an artifact safely (weights_only: tensors, strings, numbers and dicts, nothing that runs)."""
@@ -1521,7 +1571,10 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
     if rt.is_main:
         seconds = time.perf_counter() - t0
         try:
-            atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: compress_artifact(container, args.compressor)})
+            room = SUBMISSION_LIMIT_BYTES - code_bytes() - 1  # the total must stay below the limit
+            blob = (fit_artifact(container, averaged, hessians or {}, room, args.compressor, log) if args.fit
+                    else compress_artifact(container, args.compressor))
+            atomic_write({RAW_MODEL_PATH: serialize(averaged), artifact: blob})
         except RunError as e:
             failure = str(e)
         else:
@@ -1569,8 +1622,10 @@ def run(args: Hyperparameters, rt: Runtime, log: Logger, clock):
         estimate, arithmetic = estimate_size(model.state_dict(), args)
         estimate += code_bytes()
         log(f"size_estimate: {arithmetic}; with the code {estimate} bytes")
-        need(estimate < SUBMISSION_LIMIT_BYTES or args.allow_over_limit, f"estimated submission size {estimate} bytes is not "
-             f"below the {SUBMISSION_LIMIT_BYTES}-byte limit: make the model smaller, or set ALLOW_OVER_LIMIT=1")
+        allowed = SUBMISSION_LIMIT_BYTES * (1 + FIT_MARGIN * args.fit)
+        need(estimate < allowed or args.allow_over_limit, f"estimated submission size {estimate} bytes is not below the "
+             f"{SUBMISSION_LIMIT_BYTES}-byte limit" + (f" plus FIT's {FIT_MARGIN:.0%} margin" if args.fit else "") +
+             ": make the model smaller, " + ("" if args.fit else "set FIT=1 to prune what is over, ") + "or set ALLOW_OVER_LIMIT=1")
         average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
         model.load_state_dict(averaged)
         t_eval = clock()
