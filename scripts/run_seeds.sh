@@ -11,6 +11,10 @@
 # (configs/): each variable not already set in the environment is taken from it, and RUN_PREFIX
 # defaults to the file's name. Ends by printing the command that summarises the logs
 # (scripts/summarize_logs.py).
+# The seeds run the packed submission (scripts/pack.py), logs/<RUN_PREFIX>.train_gpt.py, written
+# once per RUN_PREFIX, so that their logs count the code bytes that are submitted: that file is
+# the record folder's train_gpt.py. PACK=0 runs train_gpt.py as it is. A retry refuses to go on
+# when train_gpt.py has changed since a seed of the same RUN_PREFIX finished.
 set -euo pipefail
 if [[ -n "${CONFIG:-}" ]]; then
   if [[ ! -f "$CONFIG" ]]; then
@@ -48,7 +52,22 @@ for seed in "${seeds[@]}"; do
   fi
   seen[$seed]=1
 done
+PACK="${PACK:-1}"
 mkdir -p logs
+if [[ "$PACK" == 1 ]]; then
+  script="logs/${RUN_PREFIX}.train_gpt.py"
+  python scripts/pack.py --out "${script}.new" > /dev/null
+  if [[ -f "$script" ]] && ! cmp -s "$script" "${script}.new" && compgen -G "logs/${RUN_PREFIX}_seed*.int6.ptz" > /dev/null; then
+    rm -f "${script}.new"
+    echo "error: train_gpt.py has changed since seeds of ${RUN_PREFIX} finished from ${script}: use another RUN_PREFIX" >&2; exit 1
+  fi
+  mv "${script}.new" "$script"
+  echo "=== packed train_gpt.py into ${script} ($(wc -c < "$script") bytes), which every seed runs"
+elif [[ "$PACK" == 0 ]]; then
+  script=train_gpt.py
+else
+  echo "error: PACK must be 0 or 1, got '$PACK'" >&2; exit 1
+fi
 logs=()
 for seed in "${seeds[@]}"; do
   run_id="${RUN_PREFIX}_seed${seed}"
@@ -63,7 +82,7 @@ for seed in "${seeds[@]}"; do
     echo "=== seed ${seed}: an earlier run did not finish; its log moved to ${failed}"
   fi
   echo "=== seed ${seed}: RUN_ID=${run_id}, ${NPROC} processes"
-  SEED="$seed" RUN_ID="$run_id" torchrun --standalone --nproc_per_node="$NPROC" train_gpt.py
+  SEED="$seed" RUN_ID="$run_id" torchrun --standalone --nproc_per_node="$NPROC" "$script"
   if [[ ! -f "logs/${run_id}.txt" || ! -f final_model.int6.ptz ]]; then
     echo "error: run ${run_id} left no logs/${run_id}.txt or final_model.int6.ptz" >&2; exit 1
   fi
@@ -71,6 +90,7 @@ for seed in "${seeds[@]}"; do
   echo "=== seed ${seed} done: logs/${run_id}.txt, logs/${run_id}.int6.ptz"
 done
 echo
-echo "All ${#seeds[@]} seeds done. Summarise them, test against the record and write submission.json:"
+echo "All ${#seeds[@]} seeds done; they ran ${script}, the train_gpt.py to submit."
+echo "Summarise them, test against the record and write submission.json:"
 echo "  python scripts/summarize_logs.py ${logs[*]} --record-val-loss 1.88731 \\"
 echo "      --submission submission.json --author 'NAME' --github-id 'ID' --name 'RUN NAME' --blurb 'TEXT'"

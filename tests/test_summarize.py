@@ -776,13 +776,16 @@ echo "artifact of seed $SEED" > final_model.int6.ptz
 def seeds_repo(tmp_path):
     """A directory with scripts/run_seeds.sh and a fake torchrun first on PATH."""
     (tmp_path / "scripts").mkdir()
-    shutil.copy(REPO / "scripts" / "run_seeds.sh", tmp_path / "scripts" / "run_seeds.sh")
+    for name in ("run_seeds.sh", "pack.py"):
+        shutil.copy(REPO / "scripts" / name, tmp_path / "scripts" / name)
+    (tmp_path / "train_gpt.py").write_text('"""A stand-in."""\nprint("trained")\n')
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "torchrun").write_text(FAKE_TORCHRUN)
     (bin_dir / "torchrun").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("SEEDS", "NPROC", "RUN_PREFIX", "EVAL_ARTIFACT", "SEED", "RUN_ID",
-                                                             "CONFIG", "MODEL_DIM", "XSA_LAST_N")}
+                                                             "CONFIG", "MODEL_DIM", "XSA_LAST_N", "PACK")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python: this interpreter
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     return tmp_path, env
 
@@ -797,7 +800,7 @@ def test_run_seeds_runs_each_seed_and_keeps_each_artifact(seeds_repo):
     result = run_seeds(repo, env)
     assert result.returncode == 0, result.stderr
     calls = (repo / "calls.txt").read_text().splitlines()
-    assert calls == [f"--standalone --nproc_per_node=8 train_gpt.py SEED={s} RUN_ID=record_seed{s}" for s in SEEDS]
+    assert calls == [f"--standalone --nproc_per_node=8 logs/record.train_gpt.py SEED={s} RUN_ID=record_seed{s}" for s in SEEDS]
     for seed in SEEDS:
         assert (repo / "logs" / f"record_seed{seed}.txt").read_text() == f"log of seed {seed}\n"
         assert (repo / "logs" / f"record_seed{seed}.int6.ptz").read_text() == f"artifact of seed {seed}\n"
@@ -815,17 +818,18 @@ def test_run_seeds_overrides_and_stops_at_the_first_failure(seeds_repo):
     result = run_seeds(repo, env, SEEDS="5 6 8", NPROC="2", RUN_PREFIX="try", FAIL_SEED="6")
     assert result.returncode == 3
     calls = (repo / "calls.txt").read_text().splitlines()
-    assert calls == ["--standalone --nproc_per_node=2 train_gpt.py SEED=5 RUN_ID=try_seed5",
-                     "--standalone --nproc_per_node=2 train_gpt.py SEED=6 RUN_ID=try_seed6"]
-    assert sorted(p.name for p in (repo / "logs").iterdir()) == ["try_seed5.int6.ptz", "try_seed5.txt", "try_seed6.txt"]
+    assert calls == ["--standalone --nproc_per_node=2 logs/try.train_gpt.py SEED=5 RUN_ID=try_seed5",
+                     "--standalone --nproc_per_node=2 logs/try.train_gpt.py SEED=6 RUN_ID=try_seed6"]
+    assert sorted(p.name for p in (repo / "logs").iterdir()) == ["try.train_gpt.py", "try_seed5.int6.ptz", "try_seed5.txt",
+                                                                  "try_seed6.txt"]
     assert "summarize_logs.py" not in result.stdout
     # run again: seed 5 is skipped, the failed seed's log is kept aside and the seed runs again
     retry = run_seeds(repo, env, SEEDS="5 6 8", NPROC="2", RUN_PREFIX="try")
     assert retry.returncode == 0, retry.stderr
     assert (repo / "calls.txt").read_text().splitlines()[2:] == [
-        "--standalone --nproc_per_node=2 train_gpt.py SEED=6 RUN_ID=try_seed6",
-        "--standalone --nproc_per_node=2 train_gpt.py SEED=8 RUN_ID=try_seed8"]
-    names = sorted(p.name for p in (repo / "logs").iterdir())
+        "--standalone --nproc_per_node=2 logs/try.train_gpt.py SEED=6 RUN_ID=try_seed6",
+        "--standalone --nproc_per_node=2 logs/try.train_gpt.py SEED=8 RUN_ID=try_seed8"]
+    names = sorted(p.name for p in (repo / "logs").iterdir() if p.name != "try.train_gpt.py")
     assert [n for n in names if not n.startswith("try_seed6.failed-")] == \
         [f"try_seed{s}.{ext}" for s in (5, 6, 8) for ext in ("int6.ptz", "txt")]
     [failed] = [n for n in names if n.startswith("try_seed6.failed-")]
@@ -844,13 +848,36 @@ def test_run_seeds_takes_a_configuration_file_the_environment_winning(seeds_repo
     result = run_seeds(repo, env, SEEDS="5", CONFIG=str(config), XSA_LAST_N="4")
     assert result.returncode == 0, result.stderr
     assert (repo / "calls.txt").read_text().splitlines() == [
-        "--standalone --nproc_per_node=8 train_gpt.py SEED=5 RUN_ID=mine_seed5 MODEL_DIM=576 XSA_LAST_N=4"]
+        "--standalone --nproc_per_node=8 logs/mine.train_gpt.py SEED=5 RUN_ID=mine_seed5 MODEL_DIM=576 XSA_LAST_N=4"]
     config.write_text("MODEL_DIM 576\n")
     result = run_seeds(repo, env, SEEDS="6", CONFIG=str(config))
     assert result.returncode == 1 and result.stderr == f"error: {config}: not VAR=VALUE: MODEL_DIM 576\n"
     result = run_seeds(repo, env, SEEDS="6", CONFIG=str(repo / "missing.env"))
     assert result.returncode == 1 and "is not a file" in result.stderr
     assert len((repo / "calls.txt").read_text().splitlines()) == 1
+
+
+def test_run_seeds_runs_the_packed_submission_and_refuses_a_changed_source_on_retry(seeds_repo):
+    """Every seed runs logs/<RUN_PREFIX>.train_gpt.py, packed once from train_gpt.py (it unpacks to the minified
+    source); once a seed has finished, a retry with another train_gpt.py stops rather than mix two codes; PACK=0
+    runs train_gpt.py itself."""
+    repo, env = seeds_repo
+    result = run_seeds(repo, env, SEEDS="5", FAIL_SEED="6")
+    assert result.returncode == 0, result.stderr
+    packed = repo / "logs" / "record.train_gpt.py"
+    assert f"=== packed train_gpt.py into logs/record.train_gpt.py ({packed.stat().st_size} bytes)" in result.stdout
+    unpacked = {}
+    exec(packed.read_text().replace("exec(UNPACKED_SOURCE)", ""), unpacked)
+    assert "print(" in unpacked["UNPACKED_SOURCE"] and "A stand-in" not in unpacked["UNPACKED_SOURCE"]  # minified
+    (repo / "train_gpt.py").write_text('print("changed")\n')
+    retry = run_seeds(repo, env, SEEDS="5 6")
+    assert retry.returncode == 1 and retry.stderr == ("error: train_gpt.py has changed since seeds of record finished from "
+                                                      "logs/record.train_gpt.py: use another RUN_PREFIX\n")
+    assert not (repo / "logs" / "record.train_gpt.py.new").exists() and len((repo / "calls.txt").read_text().splitlines()) == 1
+    plain = run_seeds(repo, env, SEEDS="7", RUN_PREFIX="plain", PACK="0")
+    assert plain.returncode == 0 and (repo / "calls.txt").read_text().splitlines()[-1].startswith(
+        "--standalone --nproc_per_node=8 train_gpt.py SEED=7")
+    assert run_seeds(repo, env, PACK="2").stderr == "error: PACK must be 0 or 1, got '2'\n"
 
 
 def test_run_seeds_rejects_bad_seed_lists(seeds_repo):
