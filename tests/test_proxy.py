@@ -1,15 +1,22 @@
 """The CPU proxy benchmark: the corpus builder (deterministic, held out by whole file, the challenge's
 shard format) and the runner (arms x seeds, a table whose figures are the logs', resuming a study
-without rerunning finished runs, refusing a finished run of other settings)."""
+without rerunning finished runs, refusing a finished run of other settings, refusing bad arms and
+seeds before any run, a failed run's own error line), its tiers, and its tools on fixed weights
+(quant: quantisers and calibration sizes on one checkpoint; subset: held-out subsets against the
+whole set)."""
+import argparse
+import io
 import json
 import math
 import re
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import train_gpt as tg
-from conftest import REPO, clean_environ, load_tool, run_script
+from conftest import REPO, clean_environ, filled_model, load_tool, run_script, tiny_args, tiny_run_env
 
 make_proxy = load_tool("data/make_proxy.py", "make_proxy")
 proxy = load_tool("scripts/proxy.py", "proxy")
@@ -129,17 +136,18 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--bits", "6,4",
                          "--int6-matrices", "32", "--checkpoint", str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets; gptq \(train\) calibration [\d.]+ s, "
-                                  r"gptq \(self\) calibration [\d.]+ s", result.stdout)[1])
+    unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets$", result.stdout, re.M)[1])
     assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
     rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)|gptq \(train\), MSE choice|gptq \(train\), 32 matrices at the width, the rest 1 bit less) "
-                                                   r"\| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| [\d.]+ \|$", result.stdout, re.M)}
+                                                   r"\| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| ([\d.]+|—) \| [\d.]+ \|$", result.stdout, re.M)}
     mixed = "gptq (train), 32 matrices at the width, the rest 1 bit less"
     assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice", mixed))
     # INT6_MATRICES=32 of the quick model's 44 int6 matrices: 12 narrowed, a smaller artifact, another gap
     full, narrow = rows[("6", "gptq (train)")], rows[("6", mixed)]
     assert int(narrow[5].replace(",", "")) < int(full[5].replace(",", "")) and narrow[4] != full[4]
+    assert narrow[6] == full[6] != "—"  # the same calibration, its seconds on each row that uses it
     clip = rows[("6", "clip")]
+    assert clip[6] == "—"
     assert float(clip[3]) == pytest.approx(log["roundtrip_val_bpb"], abs=2e-8)
     assert float(clip[4]) == pytest.approx(log["roundtrip_val_bpb"] - unquantised, abs=2e-8)
     assert int(clip[5].replace(",", "")) == log["model_bytes"]
@@ -167,3 +175,258 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     assert result.returncode == 1
     assert re.fullmatch(r"proxy: error: \S+seed1337 holds a run with other settings: remove it or give the arm "
                         r"another name\n", result.stderr)
+
+
+# ----------------------------------------------------------------------------- bad arms and seeds, refused before any run
+
+def refusal(capsys, argv: list[str]) -> str:
+    """The one line proxy.py prints on stderr when it refuses argv (exit 1)."""
+    assert proxy.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("proxy: error: "), err
+    return err.removeprefix("proxy: error: ").rstrip("\n")
+
+
+@pytest.mark.parametrize("arms,message", [
+    (["a:MATRIX_LR=abc"], "--arm a: MATRIX_LR='abc' is not valid: expected a finite number"),
+    (["base:", "b:NUM_HEADS=3"], "--arm b: MODEL_DIM=128 must be a multiple of NUM_HEADS=3"),  # train_gpt's cross-checks too
+    (["a:MATIX_LR=1e9"], "--arm a: MATIX_LR is not a hyperparameter of train_gpt.py (did you mean MATRIX_LR?)"),
+    (["a:TOTALLY_UNKNOWN=1"], "--arm a: TOTALLY_UNKNOWN is not a hyperparameter of train_gpt.py"),
+    (["a:OMP_NUM_THREADS=4"], "--arm a: OMP_NUM_THREADS is set by the runner (one thread per process with --nproc "
+                              "above 1, the shell's value with --nproc 1)"),
+    (["a:SEED=3"], "--arm a: SEED is set by the runner (the seeds are --seeds)"),
+])
+def test_bad_arms_are_refused_before_any_run(arms, message, tmp_path, capsys, clean_env):
+    argv = [item for arm in arms for item in ("--arm", arm)] + ["--out", str(tmp_path / "out")]
+    assert refusal(capsys, argv) == message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("seeds,problem", [("", "expected"), ("1337,,42", "expected"), ("1337,x", "expected"),
+                                           ("-1", "expected"), ("7,42,7", "7 is given twice")])
+def test_bad_seed_lists_are_refused(seeds, problem, tmp_path, capsys, clean_env):
+    message = refusal(capsys, ["--seeds", seeds, "--out", str(tmp_path / "out")])
+    assert message.startswith(f"--seeds {seeds!r}: {problem}") and message.endswith(
+        "expected distinct integers >= 0 separated by commas")
+    assert not (tmp_path / "out").exists()
+    assert proxy.integer_list(" 1337, 42 ,7", "--seeds", 0) == [1337, 42, 7]
+
+
+def test_a_configuration_file_holds_hyperparameters_only(tmp_path):
+    (tmp_path / "c.env").write_text("# a comment\nMODEL_DIM=64\nMODLE_DIM=64\n")
+    with pytest.raises(proxy.ProxyError, match=re.escape(f"{tmp_path / 'c.env'}: MODLE_DIM is not a hyperparameter "
+                                                         "of train_gpt.py (did you mean MODEL_DIM?)")):
+        proxy.load_configuration(tmp_path / "c.env")
+    for path in (proxy.PROXY_ENV, proxy.QUICK_ENV, proxy.LONG_ENV):
+        proxy.load_configuration(path)  # the shipped ones pass
+
+
+# ----------------------------------------------------------------------------- a failed run's own error line
+
+def test_a_failed_run_reports_its_own_error_line_not_torchruns(tiny_data, tmp_path, clean_env):
+    """Under torchrun (2 processes) the last line of stderr is torchrun's row of '='; the message is
+    rank 0's `error:` line, with the path of the run's output."""
+    run_dir = tmp_path / "run"
+    settings = proxy.run_settings({**tiny_run_env(tmp_path / "no_data"), "TOKENIZER_PATH": str(tiny_data / "sample_512_bpe.model")}, {}, 1)
+    with pytest.raises(proxy.ProxyError) as refused:
+        proxy.run_one(run_dir, settings, nproc=2)
+    assert set((run_dir / "output.txt").read_text().rstrip().splitlines()[-1]) == {"="}  # what was printed before
+    assert str(refused.value) == (f"the run in {run_dir} failed (exit 1): DATA_PATH {tmp_path / 'no_data'} is not a "
+                                  "directory (download the data, or build the sample with: python data/make_sample.py); "
+                                  f"its output: {run_dir / 'output.txt'}")
+
+
+def test_the_error_of_a_run_is_its_error_line_else_its_log_else_its_traceback(tmp_path):
+    log = tmp_path / "run.txt"
+    torchrun_tail = ("torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n" + "=" * 60 + "\n"
+                     "  error_file: <N/A>\n" + "=" * 60 + "\n")
+    traceback = "Traceback (most recent call last):\n  File \"train_gpt.py\", line 1\ntorch.OutOfMemoryError: CUDA out of memory\n"
+    assert proxy.run_error("error: VOCAB_SIZE must be > 0, got 0\n" + torchrun_tail, log) == "VOCAB_SIZE must be > 0, got 0"
+    assert proxy.run_error(traceback + torchrun_tail, log) == "torch.OutOfMemoryError: CUDA out of memory"
+    log.write_text("step:1/2 train_loss:6.9\nERROR: the first\nERROR: cannot write the log\n")
+    assert proxy.run_error(traceback + torchrun_tail, log) == "cannot write the log"
+    assert proxy.run_error(torchrun_tail, tmp_path / "none.txt") == "no error line"
+
+
+# ----------------------------------------------------------------------------- tiers and --help
+
+def test_the_long_tier_reads_its_own_file_and_keeps_its_runs_apart(tmp_path, monkeypatch, clean_env):
+    """--long: scripts/proxy_long.env, runs under logs/proxy/long/ (logs/proxy redirected to tmp_path,
+    each run replaced by a stand-in that records where and with what it would run)."""
+    assert proxy.LONG_ENV.read_text().splitlines()[0].startswith("# The CPU proxy's long tier configuration")
+    for flags, tier in (([], (proxy.PROXY_ENV, proxy.OUT)), (["--quick"], (proxy.QUICK_ENV, proxy.OUT / "quick")),
+                        (["--long"], (proxy.LONG_ENV, proxy.OUT / "long"))):
+        assert proxy.tier(proxy.study_parser().parse_args(flags)) == tier
+    read, runs = [], []
+    monkeypatch.setattr(proxy, "OUT", tmp_path)
+    config = {"ITERATIONS": "3", "DATA_PATH": "d"}
+    monkeypatch.setattr(proxy, "read_env_file", lambda path: read.append(path) or config)
+    monkeypatch.setattr(proxy, "ensure_data", lambda config, builder: None)
+    figures = {key: 1.0 for key, _, _ in proxy.METRICS} | {"final_val_bpb": 1.0}
+    monkeypatch.setattr(proxy, "run_one", lambda run_dir, settings, nproc: runs.append((run_dir, settings)) or figures)
+    assert proxy.main(["--long", "--seeds", "5"]) == 0
+    assert read == [proxy.LONG_ENV]
+    assert runs == [(tmp_path / "long" / "base" / "seed5", proxy.run_settings(config, {}, 5))]
+    assert (tmp_path / "long" / "results.json").is_file()
+
+
+def test_help_says_what_a_verdict_is_worth(capsys):
+    with pytest.raises(SystemExit) as done:
+        proxy.main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    assert "What a verdict is worth:" in out and "an interval\nthat contains 0 is noise" in out
+    assert re.search(r"^Agreement with 8xH100: [^\n]*(\n[^\n]+)*docs/proxy\.md", out, re.M)  # its measured figures
+    assert "proxy.py quant" in out and "proxy.py subset" in out
+
+
+# ----------------------------------------------------------------------------- quant and subset on tiny weights
+
+@pytest.fixture
+def tiny_config(tiny_data, tmp_path, clean_env) -> Path:
+    """The tiny configuration on tiny_data as a configuration file."""
+    path = tmp_path / "tiny.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in tiny_run_env(tiny_data).items() if k != "RUN_ID"))
+    return path
+
+
+def tiny_weights(seed: int = 1) -> dict:
+    return filled_model(tiny_args(), seed).state_dict()
+
+
+def pickled(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+NOT_A_CHECKPOINT = {
+    "text": (lambda: b"step:1/2 train_loss:6.9\n", "is not a torch checkpoint"),
+    "empty": (lambda: b"", "is empty"),
+    "zstd artifact": (lambda: tg.compress_artifact(tg.quantize_state_dict(tiny_weights(), 256)),
+                      "is a compressed artifact (zstd), not a final_model.pt (the unquantised weights a run writes beside its artifact)"),
+    "brotli artifact": (lambda: tg.compress_artifact(tg.quantize_state_dict(tiny_weights(), 256), "brotli"),
+                        "is a compressed artifact (brotli), not a final_model.pt (the unquantised weights a run writes beside its artifact)"),
+    "truncated": (lambda: tg.serialize(tiny_weights())[:3000], "is not a torch checkpoint (a truncated or corrupt one)"),
+    "python object": (lambda: pickled(argparse.Namespace(lr=1)), "refused: it holds a Python object (argparse.Namespace) "
+                                                                  "that loading would create; a final_model.pt holds tensors only"),
+    "a list": (lambda: pickled([torch.zeros(2)]), "is a torch file but not a model's state dict (tensors by name)"),
+    "other shapes": (lambda: tg.serialize(tg.build_model(tiny_args(vocab_size=1024)).state_dict()),
+                     "holds tensors of another configuration than {config}: tok_emb.weight is [1024, 32], the configuration expects [512, 32]"),
+    "other names": (lambda: tg.serialize(tg.build_model(tiny_args(num_layers=5)).state_dict()),
+                    "holds tensors of another configuration than {config}: blocks.4.attn.c_k.weight (and 9 more) is not in the configuration"),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_A_CHECKPOINT)
+def test_quant_says_in_one_line_what_a_checkpoint_that_does_not_fit_is(kind, tiny_config, tmp_path, capsys):
+    contents, what = NOT_A_CHECKPOINT[kind]
+    path = tmp_path / "final_model.pt"
+    path.write_bytes(contents())
+    message = refusal(capsys, ["quant", "--config", str(tiny_config), "--checkpoint", str(path)])
+    assert message == f"{path} " + what.format(config=tiny_config)
+    assert "weights_only" not in message
+
+
+def quant_rows(stdout: str) -> dict:
+    """(bits, quantiser) -> (roundtrip bpb, gap, artifact bytes, calibration s) of quant's table."""
+    rows = re.findall(r"^\| (\d) \| ([^|]+) \| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| ([\d.]+|—) \| [\d.]+ \|$", stdout, re.M)
+    return {(bits, name): rest for bits, name, *rest in rows}
+
+
+def test_quant_compares_numbers_of_calibration_sequences(tiny_config, tmp_path, capsys):
+    """One GPTQ row per count, each with its calibration time; 64 sequences (the default GPTQ_SEQUENCES)
+    give the usual comparison's gptq (train) row."""
+    checkpoint = tmp_path / "final_model.pt"
+    tg.atomic_write({checkpoint: tg.serialize(tiny_weights())})
+    quant = ["quant", "--config", str(tiny_config), "--checkpoint", str(checkpoint)]
+    assert proxy.main(quant + ["--calibration-sequences", "4,64,256"]) == 0
+    rows = quant_rows(capsys.readouterr().out)
+    counts = [f"gptq (train), {n} sequences" for n in (4, 64, 256)]
+    assert list(rows) == [("6", name) for name in ["clip"] + counts]
+    assert rows[("6", "clip")][3] == "—" and all(float(rows[("6", name)][3]) >= 0 for name in counts)
+    assert rows[("6", counts[0])][:3] != rows[("6", counts[2])][:3]  # other Hessians, other levels
+    assert proxy.main(quant) == 0
+    usual = quant_rows(capsys.readouterr().out)
+    assert list(usual) == [("6", name) for name in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice")]
+    assert usual[("6", "gptq (train)")][:3] == rows[("6", counts[1])][:3] and usual[("6", "clip")] == rows[("6", "clip")]
+    for flags, message in ((["--calibration-sequences", "64,0"], "--calibration-sequences '64,0': 0 is out of range"),
+                           (["--calibration-sequences", "64,64"], "--calibration-sequences '64,64': 64 is given twice"),
+                           (["--calibration-sequences", ""], "--calibration-sequences '': expected distinct integers"),
+                           (["--calibration-sequences", "64", "--int6-matrices", "8"], "--int6-matrices and --calibration-sequences")):
+        assert refusal(capsys, quant + flags).startswith(message)
+
+
+def write_run(directory: Path, settings: dict, weights: dict) -> Path:
+    """A run directory as proxy.py leaves it: settings.json, final_model.pt and its artifact."""
+    directory.mkdir(parents=True)
+    (directory / "settings.json").write_text(json.dumps(settings))
+    container = tg.quantize_state_dict(weights, int(settings["PASSTHROUGH_MAX_NUMEL"]))
+    tg.atomic_write({directory / "final_model.pt": tg.serialize(weights), directory / "final_model.int6.ptz": tg.compress_artifact(container)})
+    return directory
+
+
+def subset_tables(stdout: str) -> list[dict]:
+    """Each table of subset's output as {size: [cells]}."""
+    tables = []
+    for block in re.split(r"\n\n(?=\|)", stdout):
+        rows = re.findall(r"^\| ([\d,]+|all) \| (.+) \|$", block, re.M)
+        if rows:
+            tables.append({size: [cell.strip() for cell in cells.split("|")] for size, cells in rows})
+    return tables
+
+
+def test_subset_scores_each_size_and_the_whole_set_by_the_standard_evaluation(tiny_data, tmp_path, capsys, clean_env):
+    settings = {**tiny_run_env(tiny_data), "SEED": "1"}
+    runs = [write_run(tmp_path / f"seed{seed}", settings, tiny_weights(seed)) for seed in (1, 2)]
+    assert proxy.main(["subset", "--runs", *map(str, runs), "--sizes", "64,1024"]) == 0
+    *per_run, over = subset_tables(capsys.readouterr().out)
+    assert len(per_run) == 2 and list(over) == ["64", "1,024"]
+    args = tiny_args()
+    token_bytes = tg.TokenBytes(tg.load_tokenizer(tiny_data / "sample_512_bpe.model", 512))
+    files = tg.list_shards(tiny_data, "val")
+    deviations = {size: [] for size in over}
+    for run, table in zip(runs, per_run):
+        model = tg.build_model(args)
+        weights = {"unquantised": torch.load(run / "final_model.pt", weights_only=True)}
+        weights["roundtrip"] = tg.dequantize_state_dict(tg.load_artifact(run / "final_model.int6.ptz"), model.state_dict())
+        assert list(table) == ["64", "1,024", "all"]
+        for size, limit in (("64", 64), ("1,024", 1024), ("all", 0)):
+            val = tg.load_validation_tokens(files, 32, limit)
+            expected = []
+            for name in ("unquantised", "roundtrip"):
+                model.load_state_dict(weights[name])
+                expected.append(tg.evaluate(model, val, token_bytes, args, tg.Runtime(0, 1, torch.device("cpu")))[1])
+            targets, unquantised, roundtrip, gap, *diffs = table[size]
+            assert targets == f"{val.numel() - 1:,}" and (limit == 0 or val.numel() - 1 == limit)
+            assert float(unquantised) == pytest.approx(expected[0], abs=1e-8) and float(roundtrip) == pytest.approx(expected[1], abs=1e-8)
+            assert float(gap) == pytest.approx(expected[1] - expected[0], abs=2e-8)
+            whole = [float(c) for c in table["all"][1:3]]
+            own = [float(unquantised) - whole[0], float(roundtrip) - whole[1], float(gap) - (whole[1] - whole[0])]
+            assert [float(d) for d in diffs] == pytest.approx(own, abs=3e-8)
+            if size != "all":
+                deviations[size].append(own)
+        assert table["all"][4:] == ["+0.00000000"] * 3
+    for size, cells in over.items():  # per figure: the mean over runs, the largest absolute
+        for i, (mean, largest) in enumerate(zip(cells[0::2], cells[1::2])):
+            values = [d[i] for d in deviations[size]]
+            assert float(mean) == pytest.approx(sum(values) / len(values), abs=5e-8)
+            assert float(largest) == pytest.approx(max(map(abs, values)), abs=5e-8)
+
+
+def test_subset_refuses_what_it_cannot_score(tiny_data, tmp_path, capsys, clean_env):
+    run = write_run(tmp_path / "run", tiny_run_env(tiny_data), tiny_weights())
+    subset = ["subset", "--runs", str(run), "--sizes"]
+    assert refusal(capsys, subset + ["0"]).startswith("--sizes '0': 0 is out of range")
+    total = tg.load_validation_tokens(tg.list_shards(tiny_data, "val"), 32).numel() - 1
+    for size in (16, total + 32):
+        assert refusal(capsys, subset + [str(size)]) == (f"--sizes: {size:,} is not between one sequence (32 targets) "
+                                                         f"and the {total:,} held-out targets")
+    assert refusal(capsys, subset + ["64,64"]).startswith("--sizes '64,64': 64 is given twice")
+    other = write_run(tmp_path / "other", {**tiny_run_env(tiny_data), "EVAL_SEQ_LEN": "64", "TTT_CHUNK_TOKENS": "256"}, tiny_weights())
+    assert refusal(capsys, ["subset", "--runs", str(run), str(other)]) == (
+        f"{run} and {other} score different held-out data or windows (DATA_PATH, TOKENIZER_PATH, EVAL_SEQ_LEN, "
+        "TRAIN_SEQ_LEN): their figures do not compare")
+    (run / "final_model.int6.ptz").unlink()
+    assert refusal(capsys, subset + ["64"]) == (f"{run} holds no final_model.int6.ptz: a run directory holds settings.json, "
+                                                "final_model.pt, final_model.int6.ptz")
