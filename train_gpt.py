@@ -68,7 +68,7 @@ class Hyperparameters:
     train_batch_tokens: int = 786_432
     train_seq_len: int = 2048
     train_log_every: int = 500
-    loader: str = "stream"  # stream: the shards in order (the record) | coprime: each step from many shards (§2)
+    loader: str = "stream"  # stream: the shards in order (the record) | coprime: each step from many shards | shuffled (§2)
     coprime_ramp_steps: int = 1800  # coprime: steps over which shards per step go 8 -> 64 and alpha 0.9 -> 0.5
     # evaluation
     val_batch_size: int = 524_288
@@ -87,6 +87,7 @@ class Hyperparameters:
     tied_embed_init_std: float = 0.005
     rope_base: float = 10000.0
     rope_dims: int = 16
+    rope_reference_len: int = 1024  # longer sequences NTK-rescale RoPE's base (the SP8192 record: 2048, none at 2048)
     logit_softcap: float = 30.0
     qk_gain_init: float = 1.5
     ln_scale: bool = True
@@ -94,6 +95,13 @@ class Hyperparameters:
     parallel_from: int = 0  # > 0: blocks from this one on keep two residual lanes (a later record's; 0: off)
     recur_layers: tuple = ()  # consecutive blocks run a second time, with their own MLPs (a later record's; empty: off)
     recur_step: int = 3000  # the step at which those repeats switch on
+    parallel_form: str = "lanes"  # lanes: two residual lanes | gptj: one stream, attention and MLP read the same input
+    loop_layers: tuple = ()  # consecutive blocks run LOOP_PASSES times in a row, the same weights (SP8192; empty: off)
+    loop_passes: int = 3
+    loop_start_frac: float = 0.35  # the loop switches on at this fraction of the training clock (or of ITERATIONS)
+    skip_gates: bool = False  # 1: each U-Net skip is mixed in through a learned sigmoid gate per channel (SP8192)
+    bigram_enabled: bool = True
+    smear_enabled: bool = True
     bigram_vocab_size: int = 3072
     bigram_dim: int = 128
     ve_enabled: bool = True
@@ -107,12 +115,16 @@ class Hyperparameters:
     muon_momentum_warmup_start: float = 0.92
     muon_momentum_warmup_steps: int = 1500
     muon_backend_steps: int = 5
+    muon_row_norm: bool = False  # 1: MuonEq-R, each row of the update direction normalised before Newton-Schulz (SP8192)
     muon_wd: float = 0.04
     adam_wd: float = 0.04
+    embed_wd: float = -1.0  # AdamW weight decay of the embedding tables; < 0: ADAM_WD's
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.3
+    warmdown_frac: float = 0.0  # > 0: the lr falls linearly to MIN_LR over this last fraction of the training clock (SP8192)
+    min_lr: float = 0.0  # with WARMDOWN_FRAC: the lr multiplier at the end
     # weight averaging, late QAT and the late burst (§5)
     weight_avg: str = "ema"  # ema | swa: the average applied after training
     ema_decay: float = 0.997
@@ -133,6 +145,10 @@ class Hyperparameters:
     gptq_sequences: int = 64  # calibration sequences of TRAIN_SEQ_LEN, shared out over ranks
     gptq_reserve_seconds: float = 14.0  # train calibration: training stops this much before MAX_WALLCLOCK_SECONDS
     int6_matrices: int = 0  # > 0 (with gptq): only this many int6 matrices, those of largest trace(H); the rest int5
+    gptq_scales: str = "search"  # search: each row's best clip quantile | sdclip: k x std(row) (SP8192)
+    sdclip_k_int6: float = 12.85
+    sdclip_k_int8: float = 20.0
+    gptq_embed: bool = False  # 1: GPTQ for the int8 embedding too, by the Hessian of the tied head's input (SP8192)
     # score-first test-time training (§7)
     ttt_enabled: bool = True
     ttt_lr: float = 0.002
@@ -173,7 +189,8 @@ class Hyperparameters:
         for name in ("vocab_size num_layers model_dim num_heads num_kv_heads train_seq_len eval_seq_len "
                      "train_batch_tokens val_batch_size eval_stride muon_backend_steps swa_every bigram_vocab_size "
                      "bigram_dim ve_dim ttt_burst_steps ttt_chunk_tokens ttt_train_batch_seqs mlp_mult "
-                     "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences adam_eps").split():
+                     "soft_round_tau logit_softcap rope_base passthrough_max_numel gptq_sequences adam_eps rope_reference_len "
+                     "sdclip_k_int6 sdclip_k_int8").split():
             need(getattr(self, name) > 0, f"{name.upper()} must be > 0, got {getattr(self, name)}")
         for name in ("iterations max_wallclock_seconds warmup_steps warmdown_iters train_log_every val_loss_every val_tokens "
                      "xsa_last_n parallel_from coprime_ramp_steps recur_step muon_momentum_warmup_steps ttt_burst_epochs ttt_epochs ttt_freeze_blocks "
@@ -181,14 +198,16 @@ class Hyperparameters:
                      "ttt_burst_lr_factor tied_embed_init_std qk_gain_init late_qat_threshold "
                      "soft_round_threshold swa_trigger ttt_burst_trigger gptq_reserve_seconds int6_matrices").split():
             need(getattr(self, name) >= 0, f"{name.upper()} must be >= 0, got {getattr(self, name)}")
-        for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum".split():
+        for name in "muon_momentum muon_momentum_warmup_start beta1 beta2 ema_decay ttt_momentum warmdown_frac min_lr".split():
             need(0 <= getattr(self, name) < 1, f"{name.upper()} must be in [0, 1), got {getattr(self, name)}")
+        need(0 <= self.loop_start_frac <= 1, f"LOOP_START_FRAC must be in [0, 1], got {self.loop_start_frac}")
         need(re.fullmatch(r"[\w.-]+", self.run_id) is not None, f"RUN_ID={self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         for name, *choices in (spec.split() for spec in ("compile auto 0 1", "attention auto fa3 sdpa", "weight_avg ema swa",
-                               "quant_method clip gptq", "compressor zstd brotli", "loader stream coprime", "gptq_calibration train self")):
+                               "quant_method clip gptq", "compressor zstd brotli", "loader stream coprime shuffled",
+                               "gptq_calibration train self", "parallel_form lanes gptj", "gptq_scales search sdclip")):
             need(getattr(self, name) in choices, f"{name.upper()} must be {', '.join(choices[:-1])} or {choices[-1]}, got {getattr(self, name)!r}")
-        need(self.int6_matrices == 0 or self.quant_method == "gptq",
-             f"INT6_MATRICES={self.int6_matrices} ranks matrices by their Hessians: it needs QUANT_METHOD=gptq")
+        for name, on in (("int6_matrices", self.int6_matrices), ("gptq_embed", self.gptq_embed), ("gptq_scales", self.gptq_scales != "search")):
+            need(not on or self.quant_method == "gptq", f"{name.upper()}={getattr(self, name)} is a setting of GPTQ: it needs QUANT_METHOD=gptq")
         need(not self.max_wallclock_seconds or self.train_seconds > 0,
              f"GPTQ_RESERVE_SECONDS={self.gptq_reserve_seconds} leaves no training time in MAX_WALLCLOCK_SECONDS={self.max_wallclock_seconds}")
         need(self.tie_embeddings, "TIE_EMBEDDINGS=0 is not supported: this recipe ties the output head to tok_emb")
@@ -199,12 +218,15 @@ class Hyperparameters:
              f"ROPE_DIMS must be even and in [4, head dim {self.head_dim}], got {self.rope_dims}")
         need(self.ttt_freeze_blocks <= self.num_layers, f"TTT_FREEZE_BLOCKS={self.ttt_freeze_blocks} exceeds NUM_LAYERS={self.num_layers}")
         need(self.xsa_last_n <= self.num_layers, f"XSA_LAST_N={self.xsa_last_n} exceeds NUM_LAYERS={self.num_layers}")
-        need(not self.recur_layers or self.warmup_steps >= 4, "RECUR_LAYERS needs WARMUP_STEPS >= 4 (priming builds "
-             "each graph: QAT off and on, the repeats off and on)")
-        need(list(self.recur_layers) == list(range(self.recur_layers[0], self.recur_layers[-1] + 1)) and
-             0 <= self.recur_layers[0] and self.recur_layers[-1] < (self.parallel_from or self.num_layers) if self.recur_layers else True,
-             f"RECUR_LAYERS={','.join(map(str, self.recur_layers))} must be consecutive blocks from 0 on, before PARALLEL_FROM "
-             f"(or NUM_LAYERS={self.num_layers})")
+        need(not (self.recur_layers and self.loop_layers), "RECUR_LAYERS and LOOP_LAYERS are two forms of depth recurrence: set one")
+        for name, blocks in (("RECUR_LAYERS", self.recur_layers), ("LOOP_LAYERS", self.loop_layers)):
+            need(not blocks or self.warmup_steps >= 4, f"{name} needs WARMUP_STEPS >= 4 (priming builds each graph: QAT "
+                 "off and on, the repeats off and on)")
+            need(list(blocks) == list(range(blocks[0], blocks[-1] + 1)) and 0 <= blocks[0] and
+                 blocks[-1] < (self.parallel_from or self.num_layers) if blocks else True,
+                 f"{name}={','.join(map(str, blocks))} must be consecutive blocks from 0 on, before PARALLEL_FROM "
+                 f"(or NUM_LAYERS={self.num_layers})")
+        need(self.loop_passes >= 2, f"LOOP_PASSES must be >= 2 (the blocks run that many times in a row), got {self.loop_passes}")
         need(self.parallel_from == 0 or self.num_layers // 2 <= self.parallel_from < self.num_layers,
              f"PARALLEL_FROM={self.parallel_from} must be 0 (off) or a decoder block in [{self.num_layers // 2}, {self.num_layers})")
         need(not self.ve_enabled or (self.ve_layers and len(set(self.ve_layers)) == len(self.ve_layers)
@@ -384,11 +406,50 @@ class CoprimeLoader:
     def restore(self, state):
         self.rng.bit_generator.state, self.draws, self.passes, self.pending = copy.deepcopy(state)
 
+class ShuffledLoader:
+    """The SP8192 record's loader (§2): rank r owns the shards sorted(files)[r::world_size], each read as windows of
+    seq_len + 1 tokens from a random phase in a random order; each sequence comes from a shard drawn with probability
+    proportional to its windows left, and all start a new pass when all are read. Seeded by the rank alone."""
+    def __init__(self, files, rank: int, world_size: int, device: torch.device):
+        self.shards, self.device = [read_shard(f) for f in list(files)[rank::world_size]], device
+        self.rng, self.windows, self.span = np.random.default_rng(rank), [], 0
+
+    def _start_pass(self):
+        self.windows = []
+        for shard in self.shards:  # [window starts in reading order, how many read]
+            phase = int(self.rng.integers(self.span))
+            self.windows.append([phase + self.rng.permutation(max(len(shard) - phase, 0) // self.span) * self.span, 0])
+
+    def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
+        if self.span != seq_len + 1: self.span = seq_len + 1; self._start_pass()
+        rows = []
+        for _ in range(local_tokens // seq_len):
+            left = np.array([len(starts) - read for starts, read in self.windows], dtype=float)
+            if not left.any():
+                self._start_pass()
+                left = np.array([len(starts) for starts, _ in self.windows], dtype=float)
+            need(left.any(), f"LOADER=shuffled: no training shard of this rank holds a sequence of {self.span} tokens")
+            i = int(self.rng.choice(len(left), p=left / left.sum()))
+            starts, read = self.windows[i]
+            rows.append(self.shards[i][starts[read]:starts[read] + self.span])
+            self.windows[i][1] += 1
+        local = to_device(torch.from_numpy(np.stack(rows).astype(np.int64)), self.device)
+        return local[:, :-1], local[:, 1:]
+
+    def state(self):
+        return copy.deepcopy((self.rng.bit_generator.state, self.windows, self.span))
+    def restore(self, state):
+        self.rng.bit_generator.state, self.windows, self.span = copy.deepcopy(state)
+
 def make_loader(files, args: Hyperparameters, rt: Runtime):
-    if args.loader == "coprime":
-        need(any(shard_token_count(f) > args.train_seq_len for f in files), f"LOADER=coprime reads each sequence from one "
+    if args.loader != "stream":
+        need(any(shard_token_count(f) > args.train_seq_len for f in files), f"LOADER={args.loader} reads each sequence from one "
              f"shard, and no training shard holds TRAIN_SEQ_LEN + 1 = {args.train_seq_len + 1} tokens")
-        return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    if args.loader == "coprime": return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
+    if args.loader == "shuffled":
+        need(len(files) >= rt.world_size, f"LOADER=shuffled gives each rank shards of its own: {len(files)} training shards "
+             f"for {rt.world_size} ranks")
+        return ShuffledLoader(files, rt.rank, rt.world_size, rt.device)
     return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
 def load_validation_tokens(files, seq_len: int, limit: int = 0) -> Tensor:
@@ -452,8 +513,6 @@ def loss_and_bpb(sums: Tensor) -> tuple[float, float]:
     return nll / targets, nll / math.log(2) / nbytes
 
 # ----------------------------------------------------------------------------- model (§4)
-ROPE_REFERENCE_LEN = 1024
-
 def rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
@@ -479,9 +538,9 @@ class CastedLinear(nn.Linear):
         w = fake_quant_int6(self.weight, self.soft_round) if self.training and self.qat else self.weight
         return F.linear(x, w.to(x.dtype))
 
-def rotary(seq_len: int, rope_dims: int, base: float, device) -> tuple[Tensor, Tensor]:
-    """cos, sin (fp32) of partial RoPE; past the 1024-token reference length the base is NTK-scaled."""
-    if seq_len > ROPE_REFERENCE_LEN: base = base * (seq_len / ROPE_REFERENCE_LEN) ** (rope_dims / (rope_dims - 2))
+def rotary(seq_len: int, rope_dims: int, base: float, device, reference_len: int = 1024) -> tuple[Tensor, Tensor]:
+    """cos, sin (fp32) of partial RoPE; past the reference length (ROPE_REFERENCE_LEN) the base is NTK-scaled."""
+    if seq_len > reference_len: base = base * (seq_len / reference_len) ** (rope_dims / (rope_dims - 2))
     inv_freq = base ** (-torch.arange(0, rope_dims, 2, device=device, dtype=torch.float32) / rope_dims)
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
     return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
@@ -551,7 +610,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(args, use_xsa=index >= args.num_layers - args.xsa_last_n)
         self.mlp = MLP(dim, int(args.mlp_mult * dim))
         self.ln_scale = 1 / math.sqrt(index + 1) if args.ln_scale else 1.0  # damps deeper blocks' inputs
-        self.parallel = 0 < args.parallel_from <= index
+        self.gptj = 0 < args.parallel_from <= index and args.parallel_form == "gptj"
+        self.parallel = 0 < args.parallel_from <= index and args.parallel_form == "lanes"
         if self.parallel:  # what attention and MLP write into lanes A and M, and how much of each lane stays
             self.lane_writes = nn.Parameter(torch.ones(2, 2))
             self.lane_keeps = nn.Parameter(torch.full((2,), math.sqrt(1.1)))
@@ -565,7 +625,9 @@ class Block(nn.Module):
         """With a Repeat: this block's attention weights with the repeat's MLP and scalars."""
         own, f = repeat or self, self.ln_scale if ln_scale is None else ln_scale
         x = self.mixed(own, x, x0)
-        x = x + own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
+        a = own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
+        if self.gptj: return x + a + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)  # GPT-J: both read the block's input
+        x = x + a
         return x + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)
 
     def forward_lanes(self, lanes: tuple[Tensor, Tensor], x0: Tensor, ve: Tensor | None, rope: tuple[Tensor, Tensor],
@@ -619,33 +681,39 @@ class GPT(nn.Module):
     def __init__(self, args: Hyperparameters):
         super().__init__()
         n, dim = args.num_layers, args.model_dim
-        self.num_encoder = n // 2
         self.logit_softcap, self.rope_dims, self.rope_base = args.logit_softcap, args.rope_dims, args.rope_base
-        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, n - self.num_encoder), dim))
+        self.rope_reference_len = args.rope_reference_len
+        self.recur_layers, self.loop_layers, self.loop_passes = list(args.recur_layers), list(args.loop_layers), args.loop_passes
+        most = n + len(self.loop_layers) * (self.loop_passes - 1)  # passes once a loop is on: it has skip pairs of its own
+        self.skip_weights = nn.Parameter(torch.ones(min(most // 2, most - most // 2), dim))
+        self.skip_gates = nn.Parameter(torch.zeros(self.skip_weights.shape)) if args.skip_gates else None
         self.tok_emb = nn.Embedding(args.vocab_size, dim)
-        self.bigram = ProjectedEmbedding(args.bigram_vocab_size, args.bigram_dim, dim, 0.05)
-        self.smear = SmearGate(dim)
+        self.bigram = ProjectedEmbedding(args.bigram_vocab_size, args.bigram_dim, dim, 0.05) if args.bigram_enabled else None
+        self.smear = SmearGate(dim) if args.smear_enabled else None
         self.blocks = nn.ModuleList(Block(args, i) for i in range(n))
         self.ve_index = {layer: j for j, layer in enumerate(args.ve_layers)} if args.ve_enabled else {}
         if self.ve_index:
             self.ve_shared = ProjectedEmbedding(args.vocab_size, args.ve_dim, args.num_kv_heads * args.head_dim, 0.1)
             self.ve_layer_scales = nn.ParameterList(nn.Parameter(torch.ones(1)) for _ in self.ve_index)
         self._init_weights(args)
-        self.recur_layers, self.recurring, self.ln_scale = list(args.recur_layers), False, args.ln_scale
+        self.recurring, self.ln_scale = False, args.ln_scale
         if self.recur_layers:  # after the initialisation: copied from their blocks when they switch on
             self.repeats = nn.ModuleList(Repeat(args) for _ in self.recur_layers)
             self.register_buffer("config_recur_layers", torch.tensor(self.recur_layers))  # in the artifact: checked on load
+        if self.loop_layers:
+            self.register_buffer("config_loop_layers", torch.tensor(self.loop_layers))
+            self.register_buffer("config_loop_passes", torch.tensor([self.loop_passes]))
 
     @torch.no_grad()
     def _init_weights(self, args: Hyperparameters):
         nn.init.normal_(self.tok_emb.weight, std=args.tied_embed_init_std)
-        nn.init.zeros_(self.bigram.embed.weight)
+        if self.bigram is not None: nn.init.zeros_(self.bigram.embed.weight)
         for module in (m for m in self.modules() if isinstance(m, CastedLinear)):
             if module.zero_init: nn.init.zeros_(module.weight)
             elif min(module.weight.shape) >= 64: nn.init.orthogonal_(module.weight)
         if self.ve_index: nn.init.normal_(self.ve_shared.embed.weight, std=0.01)
-        for proj in [self.bigram.proj] + ([self.ve_shared.proj] if self.ve_index else []):
-            proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
+        for embedding in (e for e in (self.bigram, self.ve_shared if self.ve_index else None) if e is not None):
+            embedding.proj.weight.mul_(1 / math.sqrt(2 * args.num_layers))
 
     def set_qat(self, enabled: bool, soft_round: bool, tau: float):
         """Late QAT switches (§5): QAT selects the compiled graph, soft-round is read inside it."""
@@ -653,6 +721,11 @@ class GPT(nn.Module):
             if isinstance(module, CastedLinear):
                 module.qat = enabled
                 module.soft_round.copy_(torch.tensor([float(soft_round), tau]))
+
+    @property
+    def recurs(self) -> bool:
+        """Depth recurrence is configured: repeats with their own MLPs (RECUR_LAYERS), or a shared loop (LOOP_LAYERS)."""
+        return bool(self.recur_layers or self.loop_layers)
 
     def recurrence_copies(self) -> list[tuple[str, str]]:
         """(repeat's state-dict name, its block's) of every tensor copied when the repeats switch on."""
@@ -662,38 +735,57 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def start_recurrence(self):
-        """The repeats switch on (a Python flag: the compiled model holds a graph for each), as copies."""
+        """The recurrence switches on (a Python flag: the compiled model holds a graph for each); repeats as copies."""
         for repeat, block in self.recurrence_copies(): self.get_parameter(repeat).copy_(self.get_parameter(block))
         self.recurring = True
 
-    def passes(self) -> list[tuple[int, Repeat | None]]:
-        """(block index, the Repeat of a second pass or None) in the order they run."""
+    def passes(self) -> list[tuple[int, Repeat | None, bool, int | None]]:
+        """The passes in the order they run: (block index, the Repeat of a second pass or None, whether its output is
+        kept for a U-Net skip, the skip it takes or None). The first half of the passes are the encoder, pushing their
+        outputs; decoder pass k takes skip k, the last output pushed. Repeats (RECUR_LAYERS) stay out of the U-Net."""
         order = [(i, None) for i in range(len(self.blocks))]
-        if not self.recurring: return order
-        last = self.recur_layers[-1]
-        return order[:last + 1] + [(i, self.repeats[j]) for j, i in enumerate(self.recur_layers)] + order[last + 1:]
+        if self.recurring and self.recur_layers:
+            last = self.recur_layers[-1]
+            order = order[:last + 1] + [(i, self.repeats[j]) for j, i in enumerate(self.recur_layers)] + order[last + 1:]
+        elif self.recurring:
+            first, last = self.loop_layers[0], self.loop_layers[-1]
+            order = order[:first] + [(i, None) for i in self.loop_layers] * self.loop_passes + order[last + 1:]
+        places = [v if not self.recur_layers else i for v, (i, repeat) in enumerate(order)]  # U-Net position
+        half = len(places) // 2 if not self.recur_layers else len(self.blocks) // 2
+        return [(i, repeat, repeat is None and p < half, p - half if repeat is None and half <= p < 2 * half else None)
+                for (i, repeat), p in zip(order, places)]
+
+    def with_skip(self, x: Tensor, skip: tuple[int, Tensor] | None) -> Tensor:
+        """x with U-Net skip k's encoder output added (x + w_k out), or mixed in through its gate: lerp(w_k out, x, sigmoid(g_k))."""
+        if skip is None: return x
+        k, out = skip
+        out = self.skip_weights[k].to(x.dtype) * out
+        if self.skip_gates is None: return x + out
+        gate = torch.sigmoid(self.skip_gates[k].to(x.dtype))
+        return gate * x + (1 - gate) * out
 
     def forward_logits(self, ids: Tensor) -> Tensor:
         return self.head(self.hidden(ids))
 
     def hidden(self, ids: Tensor) -> Tensor:
-        x = self.smear(rms_norm(self.tok_emb(ids) + self.bigram(bigram_hash(ids, self.bigram.embed.num_embeddings))))
+        x = self.tok_emb(ids)
+        if self.bigram is not None: x = x + self.bigram(bigram_hash(ids, self.bigram.embed.num_embeddings))
+        x = rms_norm(x)
+        if self.smear is not None: x = self.smear(x)
         x0, skips, lanes = x, [], None
         ve = self.ve_shared(ids) if self.ve_index else None
-        rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device)  # once per forward, for every block
-        for v, (i, repeat) in enumerate(self.passes()):
+        rope = rotary(ids.size(1), self.rope_dims, self.rope_base, ids.device, self.rope_reference_len)  # once per forward
+        by_virtual_index = self.recurring and self.recur_layers  # the repeats' form: LN scale 1/sqrt(v + 1) of pass v
+        for v, (i, repeat, push, skip) in enumerate(self.passes()):
             block, j = self.blocks[i], self.ve_index.get(i)
             block_ve = None if j is None else ve * self.ve_layer_scales[j].to(ve.dtype)
-            f = (1 / math.sqrt(v + 1) if self.ln_scale else 1.0) if self.recurring else None  # by virtual index
-            if repeat is not None:
-                x = block(x, x0, block_ve, rope, repeat, f)
-                continue
-            skip = self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop() if i >= self.num_encoder and skips else 0
+            f = (1 / math.sqrt(v + 1) if self.ln_scale else 1.0) if by_virtual_index else None
+            skip = None if skip is None else (skip, skips.pop())
             if block.parallel:  # two lanes from here on, both starting as x; a skip goes into both
-                lanes = block.forward_lanes(tuple(lane + skip for lane in lanes or (x, x)), x0, block_ve, rope, f)
+                lanes = block.forward_lanes(tuple(self.with_skip(lane, skip) for lane in lanes or (x, x)), x0, block_ve, rope, f)
                 continue
-            x = block(x + skip, x0, block_ve, rope, None, f)  # U-Net: decoder blocks take encoder outputs, last first
-            if i < self.num_encoder: skips.append(x)
+            x = block(self.with_skip(x, skip), x0, block_ve, rope, repeat, f)
+            if push: skips.append(x)
         return x if lanes is None else 0.5 * (lanes[0] + lanes[1])
 
     def head(self, x: Tensor) -> Tensor:
@@ -756,7 +848,7 @@ all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_te
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, orthogonalised (Newton-Schulz), scaled by sqrt(max(1, rows/cols)), decoupled decay; sharded over ranks."""
     def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float,
-                 update_dtype: torch.dtype = torch.float32, compiled: bool = False):
+                 update_dtype: torch.dtype = torch.float32, compiled: bool = False, row_norm: bool = False):
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
         self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         sizes = [p.numel() for p in self.matrices]
@@ -766,7 +858,7 @@ class Muon(torch.optim.Optimizer):
         self.offsets = {i: rank * self.share_numel + offset  # matrix index -> its place in the flat layout
                         for rank, share in enumerate(self.shares)
                         for i, offset in zip(share, np.cumsum([0] + [sizes[i] for i in share]).tolist())}
-        self.update_dtype = update_dtype
+        self.update_dtype, self.row_norm = update_dtype, row_norm
         self.orthogonalise = torch.compile(newton_schulz5, dynamic=False, fullgraph=True) if compiled else newton_schulz5
         self.summed = None  # this rank's share of the gradients, summed over ranks, flat
 
@@ -804,7 +896,9 @@ class Muon(torch.optim.Optimizer):
                 grad = self.summed[self.offsets[i] - base:][:params[i].numel()].view(shape)
                 buf = self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(grad))
                 buf.mul_(mu).add_(grad)
-                directions.append(grad.add(buf, alpha=mu))
+                direction = grad.add(buf, alpha=mu)
+                if self.row_norm: direction = direction / direction.float().norm(dim=1, keepdim=True).clamp_min(1e-7)  # MuonEq-R
+                directions.append(direction)
             ortho = self.orthogonalise(torch.stack(directions), group["backend_steps"], self.update_dtype)
             updates.update(zip(indices, ortho * max(1, shape[0] / shape[1]) ** 0.5))
         flat = self._flat(updates, [self.rank], self.update_dtype)
@@ -827,8 +921,11 @@ def build_optimizers(model: GPT, args: Hyperparameters, rt: Runtime) -> Optimize
     taken = {id(p) for p in matrices + tables}
     scalars = [p for p in model.parameters() if id(p) not in taken]
     muon = Muon(matrices, args.matrix_lr, args.muon_momentum_warmup_start, args.muon_backend_steps, args.muon_wd,
-                update_dtype=torch.bfloat16 if rt.bf16 else torch.float32, compiled=compiles(args, rt.device))
-    adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr), dict(params=scalars, lr=args.scalar_lr)],
+                update_dtype=torch.bfloat16 if rt.bf16 else torch.float32, compiled=compiles(args, rt.device),
+                row_norm=args.muon_row_norm)
+    embed_wd = args.adam_wd if args.embed_wd < 0 else args.embed_wd
+    adam = torch.optim.AdamW([dict(params=tables, lr=args.tied_embed_lr, weight_decay=embed_wd),
+                              dict(params=scalars, lr=args.scalar_lr)],
                              betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=args.adam_wd, fused=True)
     for group in muon.param_groups + adam.param_groups: group["base_lr"] = group["lr"]
     return Optimizers(muon, adam)
@@ -917,7 +1014,11 @@ def setup_runtime() -> Runtime:
     return Runtime(rank, world_size, device, bf16=device.type == "cuda")
 
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
-    """Warmdown factor (§5): linear to 0 over the last WARMDOWN_ITERS steps (in time, with a wallclock cap)."""
+    """Warmdown factor (§5): linear to 0 over the last WARMDOWN_ITERS steps (in time, with a wallclock cap); with
+    WARMDOWN_FRAC, linear from 1 to MIN_LR over that last fraction of the training clock (of ITERATIONS without one)."""
+    if args.warmdown_frac:
+        done = elapsed_ms / (1000 * args.train_seconds) if args.max_wallclock_seconds else step / args.iterations
+        return args.min_lr + (1 - args.min_lr) * min(max((1 - done) / args.warmdown_frac, 0.0), 1.0)
     if args.warmdown_iters == 0: return 1.0
     if args.max_wallclock_seconds == 0: return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
     warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
@@ -954,15 +1055,15 @@ def train_step(model: GPT, batches, optimizers: Optimizers, grad_clip: float, rt
         opt.zero_grad(set_to_none=True)
     return total / len(batches)
 
-def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader, args: Hyperparameters,
+def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoader | CoprimeLoader | ShuffledLoader, args: Hyperparameters,
                  rt: Runtime):
     """WARMUP_STEPS real steps building every compiled graph; weights, optimiser states, switches and data then restored."""
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     states, stream = [copy.deepcopy(opt.state_dict()) for opt in optimizers], loader.state()
     local_tokens = args.train_batch_tokens // MICRO_BATCHES
     for i in range(args.warmup_steps):
-        model.set_qat(i % 2 == 1, False, args.soft_round_tau)
-        model.recurring = bool(model.recur_layers) and i // 2 % 2 == 1
+        model.set_qat(i % 2 == 1 and args.late_qat_threshold > 0, False, args.soft_round_tau)  # only graphs that will run
+        model.recurring = model.recurs and i // 2 % 2 == 1
         batches = [loader.next_batch(local_tokens, args.train_seq_len) for _ in range(rt.grad_accum_steps)]
         train_step(model, batches, optimizers, args.grad_clip_norm, rt)
     model.set_qat(False, False, args.soft_round_tau)
@@ -971,11 +1072,18 @@ def warmup_prime(model: GPT, optimizers: Optimizers, loader: DistributedTokenLoa
     for opt, state in zip(optimizers, states): opt.load_state_dict(state)
     loader.restore(stream)
 
+def recurrence_due(step: int, elapsed_ms: float, args: Hyperparameters) -> bool:
+    """RECUR_LAYERS switch on at step RECUR_STEP; LOOP_LAYERS at LOOP_START_FRAC of the training clock (of ITERATIONS without one)."""
+    if args.recur_layers: return step >= args.recur_step
+    if args.max_wallclock_seconds: return elapsed_ms >= args.loop_start_frac * 1000 * args.train_seconds
+    return step >= args.loop_start_frac * args.iterations
+
 def start_recurrence(model: GPT, ema: EMA, log, when: str):
-    """The repeats switch on as copies of their blocks, in the model and in its EMA."""
+    """The recurrence switches on: the repeats as copies of their blocks, in the model and in its EMA; or the loop."""
     model.start_recurrence()
     for repeat, block in model.recurrence_copies(): ema.weights[repeat] = ema.weights[block].clone()
-    log(f"recurrence:enabled {when} layers:{','.join(map(str, model.recur_layers))} virtual_layers:{len(model.passes())}")
+    layers = model.recur_layers or model.loop_layers
+    log(f"recurrence:enabled {when} layers:{','.join(map(str, layers))} virtual_layers:{len(model.passes())}")
 
 def float_weights(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().float() for k, v in model.state_dict().items()}
@@ -1043,8 +1151,14 @@ def gptq_levels(w: Tensor, u: Tensor, scale: Tensor, max_q: int, block: int = 12
         w[:, stop:] -= errors @ u[start:stop, stop:]
     return q
 
-def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Tensor, Tensor] | None:
-    """Full-Hessian GPTQ (§6), H = mean X^T X: 1 % damping, act order, H-weighted scale choice; None if H fails Cholesky."""
+def sdclip_scale(w: Tensor, k: float, max_q: int) -> Tensor:
+    """SDClip (the SP8192 record's scales): per row k x std(row) / max_q in fp16, the unbiased std of the unquantised row."""
+    return (k * w.float().std(dim=1) / max_q).clamp_min(torch.finfo(torch.half).tiny).half()
+
+def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles, sdclip_k: float | None = None) -> tuple[Tensor, Tensor] | None:
+    """Full-Hessian GPTQ (§6), H = mean X^T X: 1 % damping, act order; scales chosen per row by H-weighted error among the
+    clip quantiles, or with sdclip_k the SDClip scales in one pass; None if H fails Cholesky."""
+    scale = None if sdclip_k is None else sdclip_scale(w, sdclip_k, max_q)
     w, h = w.float().clone(), h.float().cpu().clone()
     dead = h.diagonal() == 0
     h[dead, dead] = 1
@@ -1059,11 +1173,13 @@ def gptq_quantize(w: Tensor, h: Tensor, max_q: int, clip_quantiles) -> tuple[Ten
         q = torch.empty_like(w)
         q[:, order] = gptq_levels(w[:, order], u, scale, max_q)
         return q
+    if scale is not None: return levels(scale.float()).to(torch.int8), scale
     return best_scale_per_row(w, max_q, clip_quantiles, levels, lambda e: ((e @ h) * e).sum(dim=1))
 
 @torch.no_grad()
 def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str, Tensor]:
-    """H = mean X^T X of each linear layer's input, keyed by its weight's name; averaged over ranks with rt."""
+    """H = mean X^T X of each linear layer's input, keyed by its weight's name, and of the tied head's input (the final norm's
+    output) under tok_emb.weight; averaged over ranks with rt."""
     sums, tokens = {}, 0
     names = {module: name + ".weight" for name, module in model.named_modules() if isinstance(module, CastedLinear)}
     def hook(module, inputs):
@@ -1073,7 +1189,8 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
     try:
         for ids in batches:
             with rt.autocast() if rt else nullcontext():
-                model.forward_logits(ids)  # the uncompiled method: the hooks see every layer
+                x = rms_norm(model.hidden(ids)).flatten(0, -2).float()  # the uncompiled method: the hooks see every layer
+            sums["tok_emb.weight"] = sums.get("tok_emb.weight", 0) + x.T @ x
             tokens += ids.numel()
     finally:
         for handle in handles: handle.remove()
@@ -1082,12 +1199,13 @@ def collect_hessians(model: GPT, batches, rt: Runtime | None = None) -> dict[str
         for h in hessians.values(): rt.all_reduce(h).div_(rt.world_size)
     return hessians
 
-def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_qs: dict[str, int], rt: Runtime | None) -> dict:
-    """GPTQ of the matrices in max_qs (name: largest level), dealt out to ranks by cost; every rank gets all."""
-    (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(max_qs)
+def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], settings: dict[str, tuple], rt: Runtime | None) -> dict:
+    """GPTQ of the matrices in settings (name: gptq_quantize's max_q, clip_quantiles, sdclip_k), dealt out to ranks by
+    cost; every rank gets all."""
+    (world_size, rank), names = ((rt.world_size, rt.rank) if rt else (1, 0)), list(settings)
     if not names: return {}  # clip search only (every rank agrees: the Hessians are the same on all): no collective
     shares = deal_out([state_dict[n].shape[0] * state_dict[n].shape[1] ** 2 for n in names], world_size)
-    mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], max_qs[names[i]], INT6_CLIP_QUANTILES)
+    mine = {names[i]: gptq_quantize(state_dict[names[i]].detach().cpu(), hessians[names[i]], *settings[names[i]])
             for i in shares[rank]}
     if world_size == 1: return mine
     parts = [None] * world_size
@@ -1096,12 +1214,17 @@ def gptq_shared(state_dict: dict[str, Tensor], hessians: dict[str, Tensor], max_
 
 def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: int = Hyperparameters.passthrough_max_numel,
                         hessians: dict[str, Tensor] | None = None, log=None, bits: int = 6, rt: Runtime | None = None,
-                        int6_matrices: int = 0) -> dict:
+                        int6_matrices: int = 0, scale_rule: str = "search", sdclip_k: tuple[float, float] = (12.85, 20.0),
+                        gptq_embed: bool = False) -> dict:
     """The artifact container {"w": tensors, "m": meta} (§6): int6 matrices by GPTQ where hessians has them
-    (every rank of rt calls this), else clip search; int6_matrices > 0 narrows all but that many: the matrices of
-    repeated blocks stay int6 first (a later record's rule: they run twice), then the largest traces of H."""
+    (every rank of rt calls this), else clip search; gptq_embed: the int8 tables too where hessians has them;
+    scale_rule search (clip quantiles) or sdclip (k x std(row), sdclip_k for int6 and int8); int6_matrices > 0 narrows
+    all but that many: the matrices of repeated blocks stay int6 first (a later record's rule: they run twice), then
+    the largest traces of H."""
     weights, meta, max_q = {}, {}, 2 ** (bits - 1) - 1
     names = [n for n, t in state_dict.items() if n in (hessians or {}) and quant_kind(n, t, passthrough_max_numel) == "int6"]
+    tables = [n for n, t in state_dict.items() if gptq_embed and n in (hessians or {})
+              and quant_kind(n, t, passthrough_max_numel) == "int8"]
     repeated = ("repeats.",) + tuple(f"blocks.{int(i)}." for i in state_dict.get("config_recur_layers", torch.zeros(0)).tolist())
     rank = lambda n: (not n.startswith(repeated), -float(hessians[n].trace()))
     narrowed = sorted(names, key=rank)[int6_matrices:] if int6_matrices else []
@@ -1109,7 +1232,10 @@ def quantize_state_dict(state_dict: dict[str, Tensor], passthrough_max_numel: in
     if narrowed and log is not None:
         log(f"quantize:mixed int{bits}:{len(names) - len(narrowed)} int{bits - 1}:{len(narrowed)} (repeated blocks first, "
             "then by trace of H)")
-    by_gptq = gptq_shared(state_dict, hessians, max_qs, rt)
+    sdclip = scale_rule == "sdclip"
+    settings = {**{n: (max_qs[n], INT6_CLIP_QUANTILES, sdclip_k[0] if sdclip else None) for n in names},
+                **{n: (127, (INT8_CLIP_QUANTILE,), sdclip_k[1] if sdclip else None) for n in tables}}
+    by_gptq = gptq_shared(state_dict, hessians, settings, rt)
     for name, t in state_dict.items():
         t = t.detach().cpu()
         kind = quant_kind(name, t, passthrough_max_numel)
@@ -1468,7 +1594,7 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
                 log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{args.iterations}")
             break
         scale = lr_scale(step, elapsed_ms, args)
-        if model.recur_layers and not model.recurring and step >= args.recur_step:
+        if model.recurs and not model.recurring and recurrence_due(step, elapsed_ms, args):
             start_recurrence(model, ema, log, f"step:{step}")
         if not qat_on and scale < args.late_qat_threshold:
             qat_on = True
@@ -1499,8 +1625,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
         if stop_after is None and args.max_wallclock_seconds and elapsed_ms >= 1000 * args.train_seconds:
             stop_after = step
 
-    if model.recur_layers and not model.recurring:  # the artifact is evaluated with the repeats on
-        start_recurrence(model, ema, log, f"at_end step:{step} (RECUR_STEP={args.recur_step} not reached)")
+    if model.recurs and not model.recurring:  # the artifact is evaluated with the recurrence on
+        start_recurrence(model, ema, log, f"at_end step:{step} ({'RECUR_STEP' if args.recur_layers else 'LOOP_START_FRAC'} not reached)")
     if rt.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
@@ -1536,7 +1662,7 @@ def generate(model: GPT, n: int, args: Hyperparameters, rt: Runtime) -> Tensor:
         ids = torch.cat([ids, torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1, generator=g)], dim=1)
     return ids
 
-def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
+def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader | ShuffledLoader, training_ms: float, args: Hyperparameters, rt: Runtime,
               log, clock) -> dict[str, Tensor]:
     """GPTQ's Hessians (§6): from the next training sequences while the wallclock allows, or generated text."""
     model.eval()
@@ -1566,7 +1692,9 @@ def save_model(averaged: dict[str, Tensor], artifact: Path, args: Hyperparameter
                hessians: dict[str, Tensor] | None = None):
     """Rank 0 writes the raw weights and the artifact (§6), both or neither; every rank learns whether it worked."""
     failure, t0 = "", time.perf_counter()
-    container = (quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt, int6_matrices=args.int6_matrices)
+    container = (quantize_state_dict(averaged, args.passthrough_max_numel, hessians, log, rt=rt, int6_matrices=args.int6_matrices,
+                                     scale_rule=args.gptq_scales, sdclip_k=(args.sdclip_k_int6, args.sdclip_k_int8),
+                                     gptq_embed=args.gptq_embed)
                  if hessians or rt.is_main else None)
     if rt.is_main:
         seconds = time.perf_counter() - t0
@@ -1615,7 +1743,7 @@ def run(args: Hyperparameters, rt: Runtime, log: Logger, clock):
     val_tokens = load_validation_tokens(val_files, max(args.train_seq_len, args.eval_seq_len), args.val_tokens).to(rt.device)
     log(f"val_tokens:{val_tokens.numel() - 1} device:{rt.device} attention:{attention}")
     model = compile_model(place_model(build_model(args), rt), args, rt.device)  # for the evaluations
-    model.recurring = bool(args.recur_layers)  # a run's repeats are on by the end of its training
+    model.recurring = model.recurs  # a run's recurrence is on by the end of its training
     if args.eval_artifact:  # eval-only: score an existing artifact with the current hyperparameters
         log(f"eval_artifact:{artifact}")
     else:

@@ -105,5 +105,5 @@ def test_warm_up_priming_restores_the_loader_exactly(shards):
 
 def test_a_coprime_run_is_read_back_by_eval_only_mode(tiny_env, monkeypatch):
     run_and_reread(monkeypatch, LOADER="coprime", COPRIME_RAMP_STEPS="6", TTT_ENABLED="0")
-    with pytest.raises(tg.InputError, match="LOADER must be stream or coprime, got 'shuffle'"):
+    with pytest.raises(tg.InputError, match="LOADER must be stream, coprime or shuffled, got 'shuffle'"):
         tiny_args(loader="shuffle")

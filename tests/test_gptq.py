@@ -74,7 +74,7 @@ def test_hessians_of_every_linear_layer():
     ids = torch.randint(0, 512, (3, 32), generator=torch.Generator().manual_seed(0))
     hessians = tg.collect_hessians(model, [ids[:2], ids[2:]])
     linear = {n + ".weight" for n, m in model.named_modules() if isinstance(m, tg.CastedLinear)}
-    assert set(hessians) == linear
+    assert set(hessians) == linear | {"tok_emb.weight"}  # and the tied head's input, for GPTQ_EMBED
     for name, h in hessians.items():
         weight = model.state_dict()[name]
         assert h.shape == (weight.shape[1],) * 2 and torch.allclose(h, h.T, atol=1e-5), name
@@ -90,6 +90,8 @@ def test_hessians_of_every_linear_layer():
     handle.remove()
     x = inputs[0]
     torch.testing.assert_close(hessians["blocks.0.attn.c_q.weight"], x.T @ x / x.shape[0], rtol=1e-4, atol=1e-6)
+    head_input = tg.rms_norm(model.hidden(ids)).flatten(0, 1)  # what the tied head multiplies by tok_emb^T
+    torch.testing.assert_close(hessians["tok_emb.weight"], head_input.T @ head_input / head_input.shape[0], rtol=1e-4, atol=1e-6)
 
 
 class Clock:
@@ -144,7 +146,7 @@ def test_self_calibration_reads_no_data():
     said = []
     hessians = tg.calibrate(filled_model(args), Stream(refuse=True), 0.0, args, ONE, said.append, Clock())
     one(said, r"gptq:calibration source:self sequences:3 time:\d+ms")
-    assert len(hessians) == 4 * 6 + 2
+    assert len(hessians) == 4 * 6 + 2 + 1  # every linear layer's input, and the tied head's (tok_emb.weight)
     text = tg.generate(filled_model(args).eval(), 3, args, ONE)
     assert text.shape == (3, args.train_seq_len) and torch.equal(text, tg.generate(filled_model(args).eval(), 3, args, ONE))
 
@@ -171,9 +173,9 @@ def _quantise_on_rank(rank, world_size, weights, hessians):
     done = []
     gptq = tg.gptq_quantize
 
-    def counted(w, h, max_q, quantiles):
+    def counted(w, h, *settings):
         done.append(w.shape)
-        return gptq(w, h, max_q, quantiles)
+        return gptq(w, h, *settings)
     tg.gptq_quantize = counted
     container = tg.quantize_state_dict(weights, 256, hessians, rt=tg.Runtime(rank, world_size, CPU))
     return container, done
@@ -236,7 +238,7 @@ def test_int6_matrices_keeps_the_largest_traces_at_int6_and_narrows_the_rest():
     assert tg.quantize_state_dict(weights, 256, hessians, int6_matrices=0)["w"].keys() == mixed["w"].keys()
     plain = tg.quantize_state_dict(weights, 256, hessians)
     assert all(torch.equal(plain["w"][k + ".q"], mixed["w"][k + ".q"]) for k in kept)
-    with pytest.raises(tg.InputError, match=r"^INT6_MATRICES=5 ranks matrices by their Hessians: it needs QUANT_METHOD=gptq$"):
+    with pytest.raises(tg.InputError, match=r"^INT6_MATRICES=5 is a setting of GPTQ: it needs QUANT_METHOD=gptq$"):
         tiny_args(int6_matrices="5")
 
 

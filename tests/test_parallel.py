@@ -30,10 +30,10 @@ def reference_hidden(model, ids):
     for i, block in enumerate(model.blocks):
         j = model.ve_index.get(i)
         block_ve = None if j is None else ve * model.ve_layer_scales[j]
-        skip = model.skip_weights[i - model.num_encoder] * skips.pop() if i >= model.num_encoder and skips else 0
+        skip = model.skip_weights[i - (len(model.blocks) // 2)] * skips.pop() if i >= (len(model.blocks) // 2) and skips else 0
         if not block.parallel:
             x = block(x + skip, x0, block_ve, rope)
-            if i < model.num_encoder:
+            if i < (len(model.blocks) // 2):
                 skips.append(x)
             continue
         if A is None:

@@ -26,9 +26,11 @@ def test_the_repeats_parameters_and_the_rest_initialised_as_without():
     assert model["config_recur_layers"].tolist() == [1, 2]  # recorded in the artifact, checked on load
     assert all(torch.equal(model[k], v) for k, v in plain.items())  # the repeats are initialised last
     built = tg.build_model(recur_args())
-    assert not built.recurring and [i for i, _ in built.passes()] == [0, 1, 2, 3]
-    built.recurring = True
-    assert [(i, r is not None) for i, r in built.passes()] == [(0, False), (1, False), (2, False), (1, True), (2, True), (3, False)]
+    assert not built.recurring and [i for i, *_ in built.passes()] == [0, 1, 2, 3]
+    built.recurring = True  # the repeats stay out of the U-Net: blocks 0 and 1 push, 2 and 3 take skips 0 and 1
+    assert [(i, r is not None, push, skip) for i, r, push, skip in built.passes()] == [
+        (0, False, True, None), (1, False, True, None), (2, False, False, 0), (1, True, False, None), (2, True, False, None),
+        (3, False, False, 1)]
 
 
 def reference_hidden(model, ids):
@@ -43,12 +45,12 @@ def reference_hidden(model, ids):
         q_gain = block.attn.q_gain if repeat is None else own.q_gain
         j = model.ve_index.get(i)
         block_ve = None if j is None else ve * model.ve_layer_scales[j]
-        if repeat is None and i >= model.num_encoder and skips:
-            x = x + model.skip_weights[i - model.num_encoder] * skips.pop()
+        if repeat is None and i >= (len(model.blocks) // 2) and skips:
+            x = x + model.skip_weights[i - (len(model.blocks) // 2)] * skips.pop()
         x = own.resid_mix[0] * x + own.resid_mix[1] * x0
         x = x + own.attn_scale * block.attn(tg.rms_norm(x) * f, block_ve, rope, q_gain)
         x = x + own.mlp_scale * own.mlp(tg.rms_norm(x) * f)
-        if repeat is None and i < model.num_encoder:
+        if repeat is None and i < (len(model.blocks) // 2):
             skips.append(x)
     return x
 
