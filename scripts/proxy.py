@@ -145,14 +145,20 @@ def integer_list(text: str, option: str, low: int, high: int | None = None) -> l
 
 def parse_arm(text: str) -> tuple[str, dict]:
     """NAME:VAR=VALUE,VAR=VALUE -> (name, overrides); an item without = continues the previous value
-    (RECUR_LAYERS=4,5)."""
+    (RECUR_LAYERS=4,5); an item @FILE takes every VAR=VALUE line of that file (later items win)."""
     name, sep, rest = text.partition(":")
     if not sep or not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ProxyError(f"--arm {text!r}: expected NAME:VAR=VALUE,... (NAME letters, digits, - or _)")
     overrides, key = {}, None
     for item in filter(None, rest.split(",")):
         name_part, sep, value = item.partition("=")
-        if sep and name_part.isupper():
+        if item.startswith("@"):
+            path = Path(item[1:]) if Path(item[1:]).is_absolute() else REPO / item[1:]
+            if not path.is_file():
+                raise ProxyError(f"--arm {text!r}: {item[1:]} is not a file")
+            overrides.update(read_env_file(path))
+            key = None
+        elif sep and name_part.isupper():
             key, overrides[name_part] = name_part, value
         elif not sep and key is not None:  # a list value: RECUR_LAYERS=4,5
             overrides[key] += "," + item
@@ -306,10 +312,11 @@ def check_arms(config: dict, arms: list[tuple[str, dict]], seed: int, config_pat
         hyperparameters(run_settings(config, overrides, seed), f"--arm {name}")
 
 
-def ensure_data(config: dict, builder: str):
-    """Runs the data builder where the configuration's tokenizer is missing."""
-    if not Path(run_settings(config, {}, 0)["TOKENIZER_PATH"]).is_file():
-        subprocess.run([sys.executable, str(REPO / builder)], check=True, cwd=REPO)
+def ensure_data(settings: dict, builder: str):
+    """Runs the data builder where a run's tokenizer is missing, for its vocabulary (into the builder's folder for it)."""
+    if not Path(run_settings(settings, {}, 0)["TOKENIZER_PATH"]).is_file():
+        vocab = settings.get("VOCAB_SIZE", "1024")
+        subprocess.run([sys.executable, str(REPO / builder)] + (["--vocab", vocab] if vocab != "1024" else []), check=True, cwd=REPO)
 
 
 def study(opts) -> int:
@@ -322,7 +329,8 @@ def study(opts) -> int:
              else [1337] if opts.quick else [1337, 42, 7])
     check_arms(config, arms, seeds[0], config_path)
     out = Path(opts.out) if opts.out else default_out
-    ensure_data(config, "data/make_sample.py" if opts.quick else "data/make_proxy.py")
+    for _, overrides in arms:
+        ensure_data({**config, **overrides}, "data/make_sample.py" if opts.quick else "data/make_proxy.py")
     results: dict[str, dict[int, dict]] = {}
     for name, overrides in arms:
         results[name] = {}

@@ -106,6 +106,19 @@ def test_bad_arms_are_refused(text, problem):
     assert proxy.parse_arm("r:RECUR_LAYERS=4,5,RECUR_STEP=69") == ("r", {"RECUR_LAYERS": "4,5", "RECUR_STEP": "69"})
 
 
+def test_an_arm_can_take_a_file_of_settings(tmp_path):
+    """@FILE takes the file's VAR=VALUE lines (a whole configuration, e.g. scripts/proxy_sp8192.env); later items win;
+    every arm file shipped is read by train_gpt's Hyperparameters on top of scripts/proxy.env."""
+    (tmp_path / "mine.env").write_text("# settings\nMODEL_DIM=96\nRECUR_LAYERS=4,5\n")
+    assert proxy.parse_arm(f"m:@{tmp_path / 'mine.env'},MODEL_DIM=64") == ("m", {"MODEL_DIM": "64", "RECUR_LAYERS": "4,5"})
+    with pytest.raises(proxy.ProxyError, match=r"missing\.env is not a file"):
+        proxy.parse_arm("m:@missing.env")
+    name, overrides = proxy.parse_arm("sp8192:@scripts/proxy_sp8192.env")
+    settings = proxy.run_settings(proxy.load_configuration(proxy.PROXY_ENV), overrides, 1)
+    args = proxy.hyperparameters(settings, "sp8192")
+    assert args.vocab_size == 8192 and args.loop_layers == (3, 4, 5) and settings["DATA_PATH"].endswith("data/proxy_sp8192")
+
+
 TABLE_ROW = re.compile(r"^\| (\S+) \| (\d+) \| (.+) \|$", re.M)
 
 
