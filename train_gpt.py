@@ -417,7 +417,7 @@ class ShuffledLoader:
     def _start_pass(self):
         self.windows = []
         for shard in self.shards:  # [window starts in reading order, how many read]
-            phase = int(self.rng.integers(self.span))
+            phase = int(self.rng.integers(self.span - 1))  # in [0, seq_len)
             self.windows.append([phase + self.rng.permutation(max(len(shard) - phase, 0) // self.span) * self.span, 0])
 
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
@@ -1751,9 +1751,11 @@ def run(args: Hyperparameters, rt: Runtime, log: Logger, clock):
         estimate += code_bytes()
         log(f"size_estimate: {arithmetic}; with the code {estimate} bytes")
         allowed = SUBMISSION_LIMIT_BYTES * (1 + FIT_MARGIN * args.fit)
+        remedies = ["make the model smaller"] + ([] if "UNPACKED_SOURCE" in globals() else ["run the packed file (scripts/pack.py)"]) \
+            + ([] if args.fit else ["set FIT=1 to prune what is over"])
         need(estimate < allowed or args.allow_over_limit, f"estimated submission size {estimate} bytes is not below the "
              f"{SUBMISSION_LIMIT_BYTES}-byte limit" + (f" plus FIT's {FIT_MARGIN:.0%} margin" if args.fit else "") +
-             ": make the model smaller, " + ("" if args.fit else "set FIT=1 to prune what is over, ") + "or set ALLOW_OVER_LIMIT=1")
+             f": {', '.join(remedies)}, or set ALLOW_OVER_LIMIT=1")
         average, averaged, hessians = train(args, rt, train_files, val_tokens, token_bytes, log, clock)
         model.load_state_dict(averaged)
         t_eval = clock()

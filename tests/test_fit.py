@@ -81,12 +81,12 @@ def test_fit_widens_the_check_at_start_by_its_margin(tiny_env, monkeypatch):
     estimate = tg.estimate_size(tg.build_model(args).state_dict(), args)[0] + tg.code_bytes()
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", int(estimate / (1 + tg.FIT_MARGIN / 2)))  # over, within the margin
     monkeypatch.setenv("ITERATIONS", "0")
-    with pytest.raises(tg.InputError, match=r"is not below the \d+-byte limit: make the model smaller, set FIT=1 to prune"):
+    with pytest.raises(tg.InputError, match=r"is not below the \d+-byte limit: make the model smaller, run the packed file \(scripts/pack.py\), set FIT=1 to prune"):
         tg.main()
     monkeypatch.setenv("FIT", "1")
     monkeypatch.setenv("TTT_ENABLED", "0")
     tg.main()  # past the start (the artifact, smaller than estimated, then fits, pruned or not)
     assert run_lines("logs/tiny.txt")[-1].startswith("final_int6_sliding_window_exact")
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", int(estimate / (1 + 2 * tg.FIT_MARGIN)))
-    with pytest.raises(tg.InputError, match=r"plus FIT's 1% margin: make the model smaller, or set ALLOW_OVER_LIMIT=1$"):
+    with pytest.raises(tg.InputError, match=r"plus FIT's 1% margin: make the model smaller, run the packed file \(scripts/pack.py\), or set ALLOW_OVER_LIMIT=1$"):
         tg.main()

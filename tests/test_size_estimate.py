@@ -60,7 +60,8 @@ def test_the_default_configuration_fits_and_is_within_3_percent_of_the_record():
 def test_over_the_limit_is_refused_at_start_unless_insisted(tiny_env, monkeypatch):
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", 1000)
     with pytest.raises(tg.InputError, match=r"^estimated submission size (\d+) bytes is not below the 1000-byte limit: "
-                                            r"make the model smaller, or set ALLOW_OVER_LIMIT=1$"):
+                                            r"make the model smaller, run the packed file \(scripts/pack.py\), set FIT=1 to prune what is over, "
+                                            r"or set ALLOW_OVER_LIMIT=1$"):
         tg.main()
     lines = run_lines("logs/tiny.txt")
     one(lines, r"size_estimate: int6:\d+ int8:\d+ passthrough:\d+ params, payload \d+ bytes x 0\.7302 \(zstd\) = \d+ bytes; "
