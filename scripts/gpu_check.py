@@ -8,23 +8,26 @@
 
 Stages, in order, each a subprocess with its output kept:
   1. preflight        scripts/preflight.py with the first configuration (record.env by default);
-  2. run:NAME         train_gpt.py with configs/NAME.env at full width, shortened only in length: a
-                      25 s training loop (plus the configuration's GPTQ reserve), WARMDOWN_ITERS=150 so
-                      that late QAT, soft-round, SWA and the burst happen inside it, VAL_TOKENS=131,072
-                      for the evaluations and TTT; every stage of a real run in its order. Every
-                      configuration but record.env that sets no recurrence of its own runs with
-                      RECUR_LAYERS=4,5 switched on mid-run;
+  2. run:NAME         train_gpt.py with configs/NAME.env at full width and batch, shortened only in
+                      length: a 25 s training loop (plus the configuration's GPTQ reserve),
+                      WARMDOWN_ITERS=150 so that late QAT, soft-round, SWA and the burst happen inside
+                      it, VAL_TOKENS=131,072 for the evaluations and TTT; every stage of a real run in its
+                      order, each of which its log must show. Every configuration but record.env that
+                      sets no recurrence of its own runs with RECUR_LAYERS=4,5 switched on mid-run;
   3. reread:NAME      EVAL_ARTIFACT on that artifact: its final_int6_roundtrip_exact line must be the run's;
-  4. evaltime:NAME    EVAL_ARTIFACT again on 4x the targets, so that each evaluation's time splits into
-                      a first-call part (compilation) and a part per target.
+  4. evaltime:NAME    EVAL_ARTIFACT again on 4x the targets. The sliding-window and TTT evaluations compile
+                      in their first call in any process, so their time splits into that first call and a
+                      part per target only through two sizes; the roundtrip's part per target comes from
+                      the run, where the post-average evaluation has compiled its graph before it.
 The runs and rereads of every configuration come before any evaltime stage: a crash matters more than
 a projection. Then a table (one column per configuration) and a verdict line, printed and written to
 OUT/summary.md beside each stage's output (OUT/preflight.out, OUT/NAME/run.out, OUT/NAME/logs/run.txt, ...).
 
 Exit status 0 when every stage ran and passed and, on a GPU, every configuration's evaluations fit the
-600 s evaluation budget on 8 GPUs by projection; 1 otherwise, the verdict naming each failed, skipped or
-over-budget stage. A stage that runs past --stage-timeout, or past what is left of --budget, is stopped and
-failed; a stage that the budget left cannot fit (by the duration of its kind so far) is skipped.
+600 s evaluation budget on 8 GPUs by projection; 1 otherwise, the verdict naming each failed, stopped,
+skipped or over-budget stage. A stage that runs past --stage-timeout is stopped and failed; one that runs
+past what is left of --budget is stopped; one that what is left cannot fit (by the longest stage of its
+kind so far) is skipped.
 
 Data: DATA_PATH and TOKENIZER_PATH from the environment when both are set; else FineWeb sp1024 at its
 default place where present; else the proxy corpus (data/proxy, built by data/make_proxy.py when missing).
@@ -291,12 +294,14 @@ def tolerate_preflight(stage: Stage, returncode: int | None, tolerated: list[str
 
 
 def failure_reason(stage: Stage, returncode: int) -> str:
-    """The run's own one line (`error: ...` on stderr, else its log's `ERROR: ...`), else the exit status."""
-    for prefix in ("error: ", "ERROR: ", "preflight: FAILED"):
+    """A run's own one line (`error: ...`), the preflight's summary of its failed checks, else the exit status and
+    the last line printed (a builder's error, a traceback's exception)."""
+    for prefix in ("error: ", "preflight: FAILED"):
         found = [text for _, text in stage.lines if text.startswith(prefix)]
         if found:
             return found[-1]
-    return f"exit {returncode}"
+    last = next((text.strip() for _, text in reversed(stage.lines) if text.strip()), "")
+    return f"exit {returncode}" + (f": {last}" if last else "")
 
 
 def run_stage(stage: Stage, command: list[str], env: dict, cwd: Path, output: Path, timeout: float,
@@ -816,16 +821,20 @@ def main(argv=None) -> int:
         check = Check(opts, mode)
         check.out.mkdir(parents=True, exist_ok=True)
         outcomes = check.sequence(configs)
+        if outcomes:
+            text, passed = summary(check, outcomes)
+        else:  # the data could not be built
+            text, passed = "verdict: NOT PASSED: FAILED: " + "; ".join(f"{s.name} ({s.detail})" for s in check.stages), False
+        summarize_logs.write_atomic(check.out / "summary.md", lambda f: f.write(text + "\n"))
     except CheckError as e:
         print(f"gpu_check: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # the output folder: not writable, full
+        print(f"gpu_check: error: cannot write {e.filename or 'the output'}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("gpu_check: stopped by Ctrl-C", file=sys.stderr)
         return 130
-    text, passed = summary(check, outcomes) if outcomes else ("", False)
-    if not outcomes:
-        text = "verdict: NOT PASSED: FAILED: " + "; ".join(f"{s.name} ({s.detail})" for s in check.stages if not s.ok)
-    summarize_logs.write_atomic(check.out / "summary.md", lambda f: f.write(text + "\n"))
     print(text)
     print(f"gpu_check: the summary and every stage's output are in {check.out}")
     return 0 if passed else 1

@@ -228,21 +228,38 @@ def test_the_budget_skips_what_it_cannot_fit_and_stops_what_runs_past_it(sample,
 
 
 def test_bad_input_is_one_line(sample, tmp_path):
-    cases = [(["--smoke", "--config", str(tmp_path / "none.env")], {}, rf"--config {tmp_path / 'none.env'}: no such file"),
-             (["--smoke", "--config", str(tmp_path / "bad.env")], {}, r".*bad\.env:2: not VAR=VALUE: 'MODEL_DIM 512'"),
-             (["--smoke", "--config", str(RECORD), "--config", str(tmp_path / "sub" / "record.env")], {},
+    out = ["--out", str(tmp_path / "out")]
+    cases = [(["--smoke", "--config", str(tmp_path / "none.env")] + out, {}, rf"--config {tmp_path / 'none.env'}: no such file"),
+             (["--smoke", "--config", str(tmp_path / "bad.env")] + out, {}, r".*bad\.env:2: not VAR=VALUE: 'MODEL_DIM 512'"),
+             (["--smoke", "--config", str(RECORD), "--config", str(tmp_path / "sub" / "record.env")] + out, {},
               "two configurations share a name: record, record .*"),
-             (["--smoke", "--skip-preflight"], dict(TOKENIZER_PATH=""), "set both DATA_PATH and TOKENIZER_PATH, or neither"),
-             ([], dict(CUDA_VISIBLE_DEVICES=""), r"no CUDA device: this check runs on one GPU \(--smoke runs the same sequence on the CPU\)")]
+             (["--smoke", "--skip-preflight"] + out, dict(TOKENIZER_PATH=""), "set both DATA_PATH and TOKENIZER_PATH, or neither"),
+             (["--smoke", "--out", str(tmp_path / "file" / "out")], {}, rf"cannot write {tmp_path / 'file' / 'out'}: Not a directory"),
+             (out, dict(CUDA_VISIBLE_DEVICES=""), r"no CUDA device: this check runs on one GPU \(--smoke runs the same sequence on the CPU\)")]
     (tmp_path / "bad.env").write_text("# a comment\nMODEL_DIM 512\n")
     (tmp_path / "sub").mkdir()
+    (tmp_path / "file").write_text("a file where a folder should be")
     shutil.copy2(RECORD, tmp_path / "sub" / "record.env")
     for argv, extra, message in cases:
-        result = run_script(SCRIPT + argv + ["--out", str(tmp_path / "out")], check_env(sample, **extra), cwd=tmp_path,
-                            timeout=120)
+        result = run_script(SCRIPT + argv, check_env(sample, **extra), cwd=tmp_path, timeout=120)
         assert result.returncode == 1, (argv, result.stdout[-2000:])
         assert re.fullmatch(rf"gpu_check: error: {message}\n", result.stderr), (argv, result.stderr)
         assert not (tmp_path / "out" / "summary.md").exists()
+
+
+def test_data_that_cannot_be_built_fails_the_check(tmp_path, monkeypatch, capsys):
+    """Where the data is missing its builder runs first, as the stage `data`; when it fails, nothing else runs."""
+    builder = tmp_path / "make_sample.py"
+    builder.write_text("import sys\nprint('make_sample: error: no room', file=sys.stderr)\nsys.exit(1)\n")
+    monkeypatch.setattr(gpu_check, "SAMPLE", (tmp_path / "sample", tmp_path / "sample" / "sample_1024_bpe.model", builder))
+    for name in ("DATA_PATH", "TOKENIZER_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path / "out")]) == 1
+    printed = capsys.readouterr().out
+    assert "[data] make_sample: error: no room" in printed
+    assert printed.splitlines()[-2] == "verdict: NOT PASSED: FAILED: data (exit 1: make_sample: error: no room)"
+    assert (tmp_path / "out" / "data.out").read_text() == "make_sample: error: no room\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data.out", "summary.md"]
 
 
 def test_projections_and_step_counts():
