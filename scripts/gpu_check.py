@@ -381,10 +381,13 @@ def val_targets(lines: list[str]) -> int | None:
 def missing_phases(log: dict, lines: list[str]) -> list[str]:
     """The phases of a real run that the log does not show (those its hyperparameters switch on)."""
     hp = log["hyperparameters"]
-    expected = {"warm-up priming": "warmup_prime ", "late QAT": "late_qat:enabled ",
-                "soft-round": "soft_round:enabled ", "weight average": "weight_avg:", "post-average evaluation": "DIAGNOSTIC ",
+    expected = {"warm-up priming": "warmup_prime ", "weight average": "weight_avg:", "post-average evaluation": "DIAGNOSTIC ",
                 "quantisation": "quantize:", "artifact read back": "Serialized model int6+",
                 "roundtrip": "final_int6_roundtrip_exact ", "sliding window": "final_int6_sliding_window_exact "}
+    if hp.get("late_qat_threshold"):
+        expected["late QAT"] = "late_qat:enabled "
+        if hp.get("soft_round_threshold"):
+            expected["soft-round"] = "soft_round:enabled "
     if hp.get("swa_enabled"):
         expected["SWA"] = "swa:start "
     if hp.get("ttt_burst_enabled"):
@@ -716,7 +719,7 @@ def summary(check: Check, outcomes: list[Outcome]) -> tuple[str, bool]:
     row("stages", stages_cell)
     row("warm-up priming (compiles every graph)", prime_cell)
     row("ms per step, 1 GPU, 8 micro-batches", lambda o, g: fmt(g["before"], ",.1f"))
-    row("  with the repeats on", repeats_cell)
+    row("ms per step with the repeats on", repeats_cell)
     row(f"ms per step on {GPUS} GPUs (÷ {GPUS})", lambda o, g: fmt(g["gpu_ms"], ",.1f"))
     row(f"steps in the real run's training time on {GPUS} GPUs (record {RECORD_STEPS:,})", lambda o, g: fmt(g["steps"]))
     row("peak memory, MiB allocated / reserved",

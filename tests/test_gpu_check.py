@@ -127,7 +127,7 @@ def test_the_table_gives_the_logs_figures(smoke):
         assert rows["val_bpb roundtrip / sliding / TTT"][column] == finals
         assert rows["artifact bytes (a short run's, not a real run's size)"][column] == f"{log['model_bytes']:,}"
     times = {step: ms for step, _, ms in gpu_check.summarize_logs.parse_log(out / "beyond" / "logs" / "run.txt")["train_curve"]}
-    repeats = rows["with the repeats on"]
+    repeats = rows["ms per step with the repeats on"]
     assert repeats[0] == "—"
     assert re.match(r"[\d,.]+ \([+-][\d.]+ %\), RECUR_LAYERS=4,5 \(forced\) from step 5$", repeats[1])
     assert float(repeats[1].split()[0].replace(",", "")) == pytest.approx((times[8] - times[5]) / 3, abs=0.5)
@@ -377,3 +377,18 @@ def test_the_data_is_the_environments_else_fineweb_else_the_proxy(tmp_path, monk
     monkeypatch.setenv("TOKENIZER_PATH", "mine/tok.model")
     assert gpu_check.choose_data(gpu) == (dict(DATA_PATH=str(tmp_path / "mine"), TOKENIZER_PATH=str(tmp_path / "mine" / "tok.model")),
                                           None)
+
+
+def test_a_run_that_skips_a_phase_it_should_go_through_fails():
+    """The phases a log must show follow its hyperparameters: a run with late QAT on but no late_qat line (a
+    schedule that never reached it) misses it; with LATE_QAT_THRESHOLD=0 nothing of QAT is expected."""
+    lines = ["warmup_prime steps:4 time:10ms", "swa:start step:2", "ttt_burst:done", "weight_avg:ema decay:0.9",
+             "DIAGNOSTIC post_ema val_loss:1 val_bpb:1 eval_time:1ms", "quantize:clip time:1ms",
+             "Serialized model int6+zstd: 1 bytes", "final_int6_roundtrip_exact val_loss:1 val_bpb:1",
+             "final_int6_sliding_window_exact val_loss:1 val_bpb:1", "final_ttt_exact val_loss:1 val_bpb:1"]
+    hp = dict(tg.Hyperparameters.defaults(), recur_layers=[4, 5], quant_method="gptq")
+    assert gpu_check.missing_phases(dict(hyperparameters=hp), lines) == ["late QAT", "soft-round", "recurrence mid-run",
+                                                                         "GPTQ calibration"]
+    hp.update(late_qat_threshold=0.0, recur_layers=[], quant_method="clip", ttt_enabled=False)
+    assert gpu_check.missing_phases(dict(hyperparameters=hp), lines) == []
+    assert gpu_check.missing_phases(dict(hyperparameters=hp), lines[1:]) == ["warm-up priming"]
