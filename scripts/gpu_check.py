@@ -58,9 +58,6 @@ import summarize_logs  # noqa: E402  (parse_log: the one reader of run logs)
 CONFIGS = REPO / "configs"
 RECORD_CONFIG = CONFIGS / "record.env"
 SMOKE_ENV = REPO / "scripts" / "smoke.env"
-FINEWEB = (REPO / "data" / "datasets" / "fineweb10B_sp1024", REPO / "data" / "tokenizers" / "fineweb_1024_bpe.model")
-PROXY = (REPO / "data" / "proxy", REPO / "data" / "proxy" / "proxy_1024_bpe.model", REPO / "data" / "make_proxy.py")
-SAMPLE = (REPO / "data" / "sample", REPO / "data" / "sample" / "sample_1024_bpe.model", REPO / "data" / "make_sample.py")
 OUT = REPO / "logs" / "gpu_check"
 
 GPUS = 8  # the real run's; one GPU runs their 8 micro-batches one after another
@@ -131,7 +128,12 @@ class Config:
 
     @property
     def own_recurrence(self) -> bool:
-        return bool(self.values.get("RECUR_LAYERS", ""))
+        """The file sets depth recurrence: repeats (RECUR_LAYERS, from RECUR_STEP) or a loop (LOOP_LAYERS, from a fraction)."""
+        return bool(self.values.get("RECUR_LAYERS", "") or self.values.get("LOOP_LAYERS", ""))
+
+    @property
+    def vocab(self) -> int:
+        return int(self.value("VOCAB_SIZE", hyperparameter_defaults()["VOCAB_SIZE"]))
 
     @property
     def forced_recurrence(self) -> bool:
@@ -189,26 +191,29 @@ def run_settings(config: Config, mode: Mode, data: dict, recur_step: int) -> dic
         # the repeats' MLPs add about 1.6 MB that the configuration itself does not carry; its own size is
         # checked at the start of its real run (and by tests/test_configs.py)
         settings.update(RECUR_LAYERS=FORCED_RECURRENCE, ALLOW_OVER_LIMIT="1")
-    if config.own_recurrence or config.forced_recurrence:
+    if settings.get("RECUR_LAYERS"):  # the repeats switch on at a step; a loop at its fraction of the short run
         settings["RECUR_STEP"] = str(SMOKE_RECUR_STEP if mode.smoke else recur_step)
     settings.update(data, VAL_TOKENS=str(mode.val_tokens[0]), RUN_ID="run")
     return settings
 
 
-def choose_data(mode: Mode) -> tuple[dict, Path | None]:
-    """DATA_PATH and TOKENIZER_PATH (absolute), and the builder to run first where the data is missing."""
+def choose_data(mode: Mode, vocab: int = 1024) -> tuple[dict, list[str] | None]:
+    """DATA_PATH and TOKENIZER_PATH (absolute) for a vocabulary, and the builder's command to run first where the
+    data is missing: FineWeb of that vocabulary where downloaded, else the proxy corpus (the sample with --smoke)."""
     given = {k: os.environ.get(k, "") for k in ("DATA_PATH", "TOKENIZER_PATH")}
     if any(given.values()):
         if not all(given.values()):
             raise CheckError("set both DATA_PATH and TOKENIZER_PATH, or neither")
         return {k: str(Path(v).resolve()) for k, v in given.items()}, None
-    if not mode.smoke and all(p.exists() for p in FINEWEB):
-        data_path, tokenizer = FINEWEB
-        builder = None
-    else:
-        data_path, tokenizer, builder = SAMPLE if mode.smoke else PROXY
-        builder = None if tokenizer.is_file() else builder
-    return dict(DATA_PATH=str(data_path), TOKENIZER_PATH=str(tokenizer)), builder
+    suffix = "" if vocab == 1024 else f"_sp{vocab}"
+    fineweb = (REPO / "data" / "datasets" / f"fineweb10B_sp{vocab}", REPO / "data" / "tokenizers" / f"fineweb_{vocab}_bpe.model")
+    if not mode.smoke and all(p.exists() for p in fineweb):
+        return dict(DATA_PATH=str(fineweb[0]), TOKENIZER_PATH=str(fineweb[1])), None
+    kind, builder = ("sample", "make_sample.py") if mode.smoke else ("proxy", "make_proxy.py")
+    folder = REPO / "data" / f"{kind}{suffix}"
+    tokenizer = folder / f"{kind}_{vocab}_bpe.model"
+    command = [sys.executable, str(REPO / "data" / builder), "--vocab", str(vocab)]
+    return dict(DATA_PATH=str(folder), TOKENIZER_PATH=str(tokenizer)), None if tokenizer.is_file() else command
 
 
 @functools.cache
@@ -392,7 +397,7 @@ def missing_phases(log: dict, lines: list[str]) -> list[str]:
         expected["SWA"] = "swa:start "
     if hp.get("ttt_burst_enabled"):
         expected["late burst"] = "ttt_burst:done"
-    if hp.get("recur_layers"):
+    if hp.get("recur_layers") or hp.get("loop_layers"):
         expected["recurrence mid-run"] = "recurrence:enabled step:"
     if hp.get("quant_method") == "gptq":
         expected["GPTQ calibration"] = "gptq:calibration "
@@ -540,10 +545,10 @@ class Check:
         self.echo(f"gpu_check: {stage.name} {stage.status} in {stage.seconds:.1f} s{': ' + stage.detail if stage.detail else ''}")
         return returncode
 
-    def build_data(self, builder: Path):
-        stage = Stage("data")
+    def build_data(self, command: list[str], vocab: int):
+        stage = Stage("data" if vocab == 1024 else f"data:sp{vocab}")
         if self.admit(stage, "data"):
-            self.execute(stage, "data", [sys.executable, str(builder)], self.env({}), REPO, self.out / "data.out")
+            self.execute(stage, "data", command, self.env({}), REPO, self.out / f"{stage.name.replace(':', '_')}.out")
         return stage
 
     def preflight(self, config: Config, data: dict):
@@ -600,18 +605,20 @@ class Check:
         return stage
 
     def sequence(self, configs: list[Config]) -> list[Outcome]:
-        data, builder = choose_data(self.mode)
-        self.data = data
+        data = {}  # per vocabulary
+        for vocab in dict.fromkeys(config.vocab for config in configs):
+            data[vocab], builder = choose_data(self.mode, vocab)
+            if builder is not None and not self.build_data(builder, vocab).ok:
+                return []
+        self.data = data[configs[0].vocab]
         ignored = ignored_environment()
         if ignored:
             self.echo(f"gpu_check: not used from the environment (the configuration files define the runs): {', '.join(ignored)}")
-        if builder is not None and not self.build_data(builder).ok:
-            return []
         if not self.opts.skip_preflight:
-            self.preflight(configs[0], data)
+            self.preflight(configs[0], data[configs[0].vocab])
         outcomes, step_ms = [], None
         for config in configs:
-            outcome = self.run(config, data, recurrence_step(step_ms))
+            outcome = self.run(config, data[config.vocab], recurrence_step(step_ms))
             if config.path.resolve() == RECORD_CONFIG.resolve():
                 step_ms = outcome.figures.get("before_ms") or step_ms
             self.eval_only(outcome, "reread", self.mode.val_tokens[0])
@@ -649,7 +656,11 @@ def config_figures(outcome: Outcome) -> dict:
     real_train_ms = 1000 * (config.value("MAX_WALLCLOCK_SECONDS", hyperparameter_defaults()["MAX_WALLCLOCK_SECONDS"])
                             - config.gptq_reserve)
     before, after = f.get("before_ms"), f.get("after_ms")
-    own_switch = int(config.value("RECUR_STEP", hyperparameter_defaults()["RECUR_STEP"])) if config.own_recurrence else None
+    own_switch = None
+    if config.values.get("RECUR_LAYERS"):
+        own_switch = int(config.value("RECUR_STEP", hyperparameter_defaults()["RECUR_STEP"]))
+    elif config.values.get("LOOP_LAYERS") and before:  # the loop: at its fraction of the real run's clock
+        own_switch = round(config.value("LOOP_START_FRAC", hyperparameter_defaults()["LOOP_START_FRAC"]) * real_train_ms / (before / GPUS))
     steps = steps_in(real_train_ms, before, after if own_switch else None, own_switch) if before else None
     evals = projections(outcome)
     total = sum(p.full for p in evals.values()) if evals and all(evals.values()) else None
@@ -680,8 +691,9 @@ def summary(check: Check, outcomes: list[Outcome]) -> tuple[str, bool]:
         if g["after"] is None:
             return "—"
         kind = "forced" if o.config.forced_recurrence else "its own"
-        return (f"{g['after']:,.1f} ({(g['after'] / g['before'] - 1) * 100:+.1f} %), RECUR_LAYERS="
-                f"{o.settings.get('RECUR_LAYERS')} ({kind}) from step {o.figures['switch'] + 1}")
+        name = "RECUR_LAYERS" if o.settings.get("RECUR_LAYERS") else "LOOP_LAYERS"
+        return (f"{g['after']:,.1f} ({(g['after'] / g['before'] - 1) * 100:+.1f} %), {name}="
+                f"{o.settings.get(name)} ({kind}) from step {o.figures['switch'] + 1}")
 
     def calibration_cell(o, _):
         cal = o.figures.get("calibration")

@@ -249,9 +249,9 @@ def test_bad_input_is_one_line(sample, tmp_path):
 
 def test_data_that_cannot_be_built_fails_the_check(tmp_path, monkeypatch, capsys):
     """Where the data is missing its builder runs first, as the stage `data`; when it fails, nothing else runs."""
-    builder = tmp_path / "make_sample.py"
-    builder.write_text("import sys\nprint('make_sample: error: no room', file=sys.stderr)\nsys.exit(1)\n")
-    monkeypatch.setattr(gpu_check, "SAMPLE", (tmp_path / "sample", tmp_path / "sample" / "sample_1024_bpe.model", builder))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "make_sample.py").write_text("import sys\nprint('make_sample: error: no room', file=sys.stderr)\nsys.exit(1)\n")
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)  # where the data and its builder are looked for
     for name in ("DATA_PATH", "TOKENIZER_PATH"):
         monkeypatch.delenv(name, raising=False)
     assert gpu_check.main(["--smoke", "--out", str(tmp_path / "out")]) == 1
@@ -354,29 +354,34 @@ def test_tolerated_preflight_failures_pass_the_stage_and_no_others():
 
 
 def test_the_data_is_the_environments_else_fineweb_else_the_proxy(tmp_path, monkeypatch):
-    """On a GPU: DATA_PATH and TOKENIZER_PATH (made absolute), else FineWeb where downloaded, else the proxy corpus,
-    with its builder where it is not built; --smoke: the environment's, else the sample."""
-    fineweb = (tmp_path / "fineweb", tmp_path / "fineweb_1024_bpe.model")
-    proxy = (tmp_path / "proxy", tmp_path / "proxy" / "proxy_1024_bpe.model", tmp_path / "make_proxy.py")
-    sample = (tmp_path / "sample", tmp_path / "sample" / "sample_1024_bpe.model", tmp_path / "make_sample.py")
-    for name, value in (("FINEWEB", fineweb), ("PROXY", proxy), ("SAMPLE", sample)):
-        monkeypatch.setattr(gpu_check, name, value)
+    """On a GPU: DATA_PATH and TOKENIZER_PATH (made absolute), else FineWeb of the configuration's vocabulary where
+    downloaded, else the proxy corpus of that vocabulary, with its builder's command where it is not built; --smoke:
+    the environment's, else the sample of that vocabulary."""
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
     for name in ("DATA_PATH", "TOKENIZER_PATH"):
         monkeypatch.delenv(name, raising=False)
-    paths = lambda data: dict(DATA_PATH=str(data[0]), TOKENIZER_PATH=str(data[1]))  # noqa: E731
     gpu, smoke = gpu_check.GPU_MODE, gpu_check.SMOKE_MODE
-    assert gpu_check.choose_data(gpu) == (paths(proxy), proxy[2]) and gpu_check.choose_data(smoke) == (paths(sample), sample[2])
-    proxy[0].mkdir()
-    proxy[1].write_text("built")
-    assert gpu_check.choose_data(gpu) == (paths(proxy), None)
-    fineweb[0].mkdir()
-    fineweb[1].write_text("downloaded")
-    assert gpu_check.choose_data(gpu) == (paths(fineweb), None) and gpu_check.choose_data(smoke) == (paths(sample), sample[2])
+    for vocab, suffix in ((1024, ""), (8192, "_sp8192")):
+        proxy = (tmp_path / "data" / f"proxy{suffix}", tmp_path / "data" / f"proxy{suffix}" / f"proxy_{vocab}_bpe.model")
+        sample = (tmp_path / "data" / f"sample{suffix}", tmp_path / "data" / f"sample{suffix}" / f"sample_{vocab}_bpe.model")
+        fineweb = (tmp_path / "data" / "datasets" / f"fineweb10B_sp{vocab}", tmp_path / "data" / "tokenizers" / f"fineweb_{vocab}_bpe.model")
+        paths = lambda data: dict(DATA_PATH=str(data[0]), TOKENIZER_PATH=str(data[1]))  # noqa: E731
+        build = lambda script: [sys.executable, str(tmp_path / "data" / script), "--vocab", str(vocab)]  # noqa: E731
+        assert gpu_check.choose_data(gpu, vocab) == (paths(proxy), build("make_proxy.py"))
+        assert gpu_check.choose_data(smoke, vocab) == (paths(sample), build("make_sample.py"))
+        proxy[0].mkdir(parents=True)
+        proxy[1].write_text("built")
+        assert gpu_check.choose_data(gpu, vocab) == (paths(proxy), None)
+        fineweb[0].mkdir(parents=True)
+        fineweb[1].parent.mkdir(exist_ok=True)
+        fineweb[1].write_text("downloaded")
+        assert gpu_check.choose_data(gpu, vocab) == (paths(fineweb), None)
+        assert gpu_check.choose_data(smoke, vocab) == (paths(sample), build("make_sample.py"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATA_PATH", "mine")
     monkeypatch.setenv("TOKENIZER_PATH", "mine/tok.model")
-    assert gpu_check.choose_data(gpu) == (dict(DATA_PATH=str(tmp_path / "mine"), TOKENIZER_PATH=str(tmp_path / "mine" / "tok.model")),
-                                          None)
+    assert gpu_check.choose_data(gpu, 8192) == (dict(DATA_PATH=str(tmp_path / "mine"), TOKENIZER_PATH=str(tmp_path / "mine" / "tok.model")),
+                                                None)
 
 
 def test_a_run_that_skips_a_phase_it_should_go_through_fails():

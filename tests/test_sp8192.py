@@ -5,6 +5,7 @@ split (LOOP_LAYERS, LOOP_PASSES, LOOP_START_FRAC), gated skips (SKIP_GATES), GPT
 of the clock (WARMDOWN_FRAC, MIN_LR), the record's loader (LOADER=shuffled), SDClip scales (GPTQ_SCALES=sdclip) and
 GPTQ of the embedding (GPTQ_EMBED); and configs/sp8192.env, the record stated in full."""
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import train_gpt as tg
-from conftest import CPU, ONE, REPO, filled_model, load_tool, one, run_and_reread, run_lines, tiny_args, write_shard
+from conftest import (CPU, ONE, REPO, clean_environ, filled_model, load_tool, one, run_and_reread, run_lines, run_script, tiny_args,
+                      write_shard)
 
 # The record's model at the tiny size: 4 blocks, blocks 1 and 2 three times (8 passes: 4 encoder, 4 decoder),
 # GPT-J from block 3, gated skips, none of the bigram, smear gate and value embeddings.
@@ -306,3 +308,28 @@ def test_bad_settings_are_one_line():
     for name, value in (("warmdown_frac", "1"), ("min_lr", "1.5"), ("loop_start_frac", "2")):
         with pytest.raises(tg.InputError, match=rf"^{name.upper()} must be in \[0, 1"):
             tiny_args(**{name: value})
+
+
+def test_the_configuration_runs_end_to_end_on_cpu_with_8192_pieces(tmp_path):
+    """CONFIG=configs/sp8192.env bash scripts/smoke.sh: the record's configuration at the smoke size on the sample built
+    with an 8192-piece tokenizer (data/sample_sp8192), every stage with the loop switching on; eval-only mode reads its
+    artifact back with the same figures."""
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    for path in ("train_gpt.py", "data/make_sample.py", "configs/sp8192.env"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / path, repo / path)
+    shutil.copytree(REPO / "scripts", repo / "scripts")
+    env = clean_environ(CONFIG="configs/sp8192.env", ITERATIONS="6", VAL_LOSS_EVERY="0", VAL_TOKENS="2048", RUN_ID="sp")
+    result = run_script(["bash", "scripts/smoke.sh"], env, cwd=repo, timeout=600)
+    assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    lines = run_lines(repo / "logs" / "sp.txt")
+    assert '"vocab_size": 8192' in lines[0] and '"loop_layers": [3, 4, 5]' in lines[0] and '"data_path": "data/sample_sp8192"' in lines[0]
+    one(lines, r"recurrence:enabled step:3 layers:3,4,5 virtual_layers:17")
+    one(lines, r"quantized_tensors: int6:66 int8:1 passthrough:\d+")
+    roundtrip = one(lines, r"final_int6_roundtrip_exact .*")[0]
+    one(lines, r"final_ttt_exact val_loss:[\d.]+ val_bpb:[\d.]+")
+    reread = run_script(["bash", "scripts/smoke.sh"], dict(env, EVAL_ARTIFACT="final_model.int6.ptz", RUN_ID="reread"),
+                        cwd=repo, timeout=600)
+    assert reread.returncode == 0, reread.stderr[-3000:]
+    assert one(run_lines(repo / "logs" / "reread.txt"), r"final_int6_roundtrip_exact .*")[0] == roundtrip
