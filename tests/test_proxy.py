@@ -266,7 +266,9 @@ def test_the_error_of_a_run_is_its_error_line_else_its_log_else_its_traceback(tm
 def test_the_long_tier_reads_its_own_file_and_keeps_its_runs_apart(tmp_path, monkeypatch, clean_env):
     """--long: scripts/proxy_long.env, runs under logs/proxy/long/ (logs/proxy redirected to tmp_path,
     each run replaced by a stand-in that records where and with what it would run)."""
-    assert proxy.LONG_ENV.read_text().splitlines()[0].startswith("# The CPU proxy's long tier configuration")
+    long, short = (proxy.load_configuration(path) for path in (proxy.LONG_ENV, proxy.PROXY_ENV))
+    assert int(long["ITERATIONS"]) * int(long["TRAIN_BATCH_TOKENS"]) >= 3 * int(short["ITERATIONS"]) * int(short["TRAIN_BATCH_TOKENS"])
+    assert int(long["TRAIN_SEQ_LEN"]) > int(short["TRAIN_SEQ_LEN"])  # longer: more tokens, more context
     for flags, tier in (([], (proxy.PROXY_ENV, proxy.OUT)), (["--quick"], (proxy.QUICK_ENV, proxy.OUT / "quick")),
                         (["--long"], (proxy.LONG_ENV, proxy.OUT / "long"))):
         assert proxy.tier(proxy.study_parser().parse_args(flags)) == tier
