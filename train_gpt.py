@@ -4,7 +4,7 @@
     python train_gpt.py                                      # one process: CPU or one GPU
 
 Every knob is an environment variable (class Hyperparameters). The file reads top to bottom:
-hyperparameters -> data -> bits per byte -> model -> optimisers -> training helpers -> artifact ->
+hyperparameters -> data -> bits per byte -> model -> optimisers -> training -> artifact ->
 evaluation -> main(). Importing it has no side effects.
 """
 from __future__ import annotations
@@ -123,8 +123,8 @@ class Hyperparameters:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.3
-    warmdown_frac: float = 0.0  # > 0: the lr falls linearly to MIN_LR over this last fraction of the training clock (SP8192)
-    min_lr: float = 0.0  # with WARMDOWN_FRAC: the lr multiplier at the end
+    warmdown_frac: float = 0.0  # > 0: the lr falls linearly to 0 over this last fraction of the training clock (SP8192)
+    min_lr: float = 0.0  # with WARMDOWN_FRAC: the lr multiplier never falls below this
     # weight averaging, late QAT and the late burst (§5)
     weight_avg: str = "ema"  # ema | swa: the average applied after training
     ema_decay: float = 0.997
@@ -417,11 +417,13 @@ class ShuffledLoader:
     def _start_pass(self):
         self.windows = []
         for shard in self.shards:  # [window starts in reading order, how many read]
-            phase = int(self.rng.integers(self.span - 1))  # in [0, seq_len)
+            phase = int(self.rng.integers(max(min(self.span - 1, len(shard) - self.span), 1)))  # [0, seq_len), a window left
             self.windows.append([phase + self.rng.permutation(max(len(shard) - phase, 0) // self.span) * self.span, 0])
 
     def next_batch(self, local_tokens: int, seq_len: int) -> tuple[Tensor, Tensor]:
-        if self.span != seq_len + 1: self.span = seq_len + 1; self._start_pass()
+        if self.span != seq_len + 1:
+            self.span = seq_len + 1
+            self._start_pass()
         rows = []
         for _ in range(local_tokens // seq_len):
             left = np.array([len(starts) - read for starts, read in self.windows], dtype=float)
@@ -446,9 +448,11 @@ def make_loader(files, args: Hyperparameters, rt: Runtime):
         need(any(shard_token_count(f) > args.train_seq_len for f in files), f"LOADER={args.loader} reads each sequence from one "
              f"shard, and no training shard holds TRAIN_SEQ_LEN + 1 = {args.train_seq_len + 1} tokens")
     if args.loader == "coprime": return CoprimeLoader(files, rt.rank, rt.world_size, rt.device, args.seed, args.coprime_ramp_steps)
-    if args.loader == "shuffled":
-        need(len(files) >= rt.world_size, f"LOADER=shuffled gives each rank shards of its own: {len(files)} training shards "
-             f"for {rt.world_size} ranks")
+    if args.loader == "shuffled":  # each rank's own shards, checked for every rank on every rank: all stop together
+        for rank in range(rt.world_size):
+            need(any(shard_token_count(f) > args.train_seq_len for f in files[rank::rt.world_size]), f"LOADER=shuffled gives "
+                 f"each rank shards of its own, and rank {rank}'s ({len(files[rank::rt.world_size])} of {len(files)}) hold no "
+                 f"sequence of TRAIN_SEQ_LEN + 1 = {args.train_seq_len + 1} tokens")
         return ShuffledLoader(files, rt.rank, rt.world_size, rt.device)
     return DistributedTokenLoader(files, rt.rank, rt.world_size, rt.device)
 
@@ -625,8 +629,9 @@ class Block(nn.Module):
         """With a Repeat: this block's attention weights with the repeat's MLP and scalars."""
         own, f = repeat or self, self.ln_scale if ln_scale is None else ln_scale
         x = self.mixed(own, x, x0)
-        a = own.attn_scale.to(x.dtype) * self.attn(rms_norm(x) * f, ve, rope, getattr(own, "q_gain", None))
-        if self.gptj: return x + a + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)  # GPT-J: both read the block's input
+        n = rms_norm(x) * f
+        a = own.attn_scale.to(x.dtype) * self.attn(n, ve, rope, getattr(own, "q_gain", None))
+        if self.gptj: return x + a + own.mlp_scale.to(x.dtype) * own.mlp(n)  # GPT-J: both read the block's input
         x = x + a
         return x + own.mlp_scale.to(x.dtype) * own.mlp(rms_norm(x) * f)
 
@@ -934,7 +939,7 @@ def set_lr_scale(optimizers, scale: float):
     for opt in optimizers:
         for group in opt.param_groups: group["lr"] = group["base_lr"] * scale
 
-# ----------------------------------------------------------------------------- training helpers (§5)
+# ----------------------------------------------------------------------------- training (§5)
 @dataclass(frozen=True)
 class Runtime:
     rank: int
@@ -1015,10 +1020,10 @@ def setup_runtime() -> Runtime:
 
 def lr_scale(step: int, elapsed_ms: float, args: Hyperparameters) -> float:
     """Warmdown factor (§5): linear to 0 over the last WARMDOWN_ITERS steps (in time, with a wallclock cap); with
-    WARMDOWN_FRAC, linear from 1 to MIN_LR over that last fraction of the training clock (of ITERATIONS without one)."""
+    WARMDOWN_FRAC, linear to 0 over that last fraction of the training clock (of ITERATIONS without one), never below MIN_LR."""
     if args.warmdown_frac:
         done = elapsed_ms / (1000 * args.train_seconds) if args.max_wallclock_seconds else step / args.iterations
-        return args.min_lr + (1 - args.min_lr) * min(max((1 - done) / args.warmdown_frac, 0.0), 1.0)
+        return max(min((1 - done) / args.warmdown_frac, 1.0), args.min_lr)
     if args.warmdown_iters == 0: return 1.0
     if args.max_wallclock_seconds == 0: return min(max((args.iterations - step) / args.warmdown_iters, 0.0), 1.0)
     warmdown_ms = args.warmdown_iters * elapsed_ms / max(step, 1)
@@ -1254,8 +1259,7 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
     weights, meta = container["w"], container["m"]
     missing, extra = sorted(set(template) - set(meta)), sorted(set(meta) - set(template))
     need(not missing and not extra, f"artifact does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
-    out = {}
-    for name, ref in template.items():
+    def tensor(name: str, ref: Tensor) -> Tensor:
         if meta[name] == "passthrough":
             t = weights.get(name)
         else:
@@ -1263,11 +1267,14 @@ def dequantize_state_dict(container: dict, template: dict[str, Tensor]) -> dict[
             t = None if q is None or scale is None or q.ndim != 2 or scale.shape != q.shape[:1] else q.float() * scale.float()[:, None]
         need(t is not None and t.shape == ref.shape,
              f"artifact tensor {name} is missing or has the wrong shape (the model expects {list(ref.shape)})")
-        out[name] = t.to(ref.dtype)
-        if name.startswith("config_"):  # a setting the model records: the run's must be the artifact's
-            setting = lambda t: f"{name.removeprefix('config_').upper()}={','.join(map(str, t.flatten().tolist()))}"
-            need(torch.equal(out[name], ref.cpu()), f"the artifact was trained with {setting(out[name])}, and this run has {setting(ref)}")
-    return out
+        return t.to(ref.dtype)
+    for name in (n for n in template if n.startswith("config_")):  # the settings a model records, before any shape
+        setting = lambda t: f"{name.removeprefix('config_').upper()}={','.join(map(str, t.long().flatten().tolist()))}"
+        found = weights.get(name)
+        need(found is not None and torch.equal(found.to(template[name].dtype), template[name].cpu()),
+             f"the artifact was trained with {setting(found) if found is not None else 'other settings'}, and this run "
+             f"has {setting(template[name])}")
+    return {name: tensor(name, ref) for name, ref in template.items()}
 
 def serialize(obj) -> bytes:
     buffer = io.BytesIO()
@@ -1539,14 +1546,16 @@ class Logger:
         error (another rank's is published for rank 0 to report), a peer that stopped in a collective, a signal."""
         try:
             yield
+        except Stopped as e:  # every rank gets the signal: a peer's own error, if one came first, is the cause
+            error = RunError(f"{peers} (then {e})") if (peers := rt.peer_errors()) else e
         except RunError as e:
-            error = RunError(f"{peers} (then {e})") if isinstance(e, Stopped) and (peers := rt.peer_errors()) else e
+            error = e
+            if not rt.is_main: rt.publish(str(e))  # a rank's own error only: never one it learnt from a peer
         except RuntimeError as e:  # the backend's error when a peer process is gone
             if not re.search(r"(closed|reset) by peer|Broken pipe", str(e)): raise
             error = RunError(rt.peer_errors() or "another rank stopped during a collective (its own output says why)")
         else:
             return
-        if not rt.is_main: rt.publish(str(error))
         with suppress(RunError): self(f"ERROR: {error}", console=False)
         raise error
 
@@ -1626,7 +1635,8 @@ def train(args: Hyperparameters, rt: Runtime, train_files, val_tokens: Tensor, t
             stop_after = step
 
     if model.recurs and not model.recurring:  # the artifact is evaluated with the recurrence on
-        start_recurrence(model, ema, log, f"at_end step:{step} ({'RECUR_STEP' if args.recur_layers else 'LOOP_START_FRAC'} not reached)")
+        when = f"RECUR_STEP={args.recur_step}" if args.recur_layers else f"LOOP_START_FRAC={args.loop_start_frac}"
+        start_recurrence(model, ema, log, f"at_end step:{step} ({when} not reached)")
     if rt.device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
             f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
@@ -1676,8 +1686,8 @@ def calibrate(model: GPT, loader: DistributedTokenLoader | CoprimeLoader | Shuff
         nonlocal longest
         while taken[0] < per_rank:
             start, count = clock(), min(8, per_rank - taken[0])
-            if args.max_wallclock_seconds and training_ms + 1000 * (start - t0 + longest) > 1000 * args.max_wallclock_seconds:
-                return  # one more batch could end past the cap
+            past = bool(args.max_wallclock_seconds) and training_ms + 1000 * (start - t0 + longest) > 1000 * args.max_wallclock_seconds
+            if rt.agree_max(float(past))[0]: return  # one more batch could end past the cap on some rank: all stop
             yield loader.next_batch(count * args.train_seq_len, args.train_seq_len)[0]
             rt.synchronize()
             taken[0] += count

@@ -92,5 +92,11 @@ done
 echo
 echo "All ${#seeds[@]} seeds done; they ran ${script}, the train_gpt.py to submit."
 echo "Summarise them, test against the record and write submission.json:"
-echo "  python scripts/summarize_logs.py ${logs[*]} --record-val-loss 1.88731 \\"
+vocab="${VOCAB_SIZE:-1024}"
+if [[ "$vocab" == 1024 ]]; then  # the 1.1178 record's val_loss, nats per token of its 1024-piece tokenizer
+  record="--record-val-loss 1.88731 --record-vocab 1024"
+else  # val_loss is per token: the record to beat must be of the same tokenizer
+  record="--record-val-loss RECORD_VAL_LOSS --record-vocab ${vocab}"
+fi
+echo "  python scripts/summarize_logs.py ${logs[*]} ${record} \\"
 echo "      --submission submission.json --author 'NAME' --github-id 'ID' --name 'RUN NAME' --blurb 'TEXT'"

@@ -403,7 +403,8 @@ def test_failed_write_keeps_the_old_pair_of_model_files(tmp_path, monkeypatch, f
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in old)
     assert tg.load_artifact(tg.ARTIFACT_PATH)["m"] == tg.quantize_state_dict(weights, 256)["m"]
     assert torch.load(tg.RAW_MODEL_PATH, weights_only=True).keys() == weights.keys()
-    assert log[-1] == "quantized_tensors: int6:24 int8:3 passthrough:24"  # 4 blocks x 6 matrices, 3 tables
+    assert log[-2] == "quantized_tensors: int6:24 int8:3 passthrough:24"  # 4 blocks x 6 matrices, 3 tables
+    assert re.fullmatch(r"quantize:clip time:\d+ms", log[-1])
 
 
 # ----------------------------------------------------------------------------- main(): size, limit, final_model.pt

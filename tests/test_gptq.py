@@ -141,6 +141,23 @@ def test_train_calibration_stays_inside_the_wallclock():
     assert stream.sequences == 64
 
 
+def _calibrate_on_rank(rank, world_size, training_ms):
+    """Rank 1's loop ended later (its own clock): it alone would stop reading sooner; the ranks agree instead."""
+    args = tiny_args(quant_method="gptq", gptq_calibration="train", gptq_sequences=128, max_wallclock_seconds=10,
+                     gptq_reserve_seconds=1)
+    clock, said = Clock(), []
+    stream = Stream(clock)
+    hessians = tg.calibrate(filled_model(args), stream, training_ms[rank], args, tg.Runtime(rank, world_size, CPU), said.append, clock)
+    return stream.sequences, sorted(hessians)
+
+
+def test_ranks_agree_on_how_many_calibration_batches_they_read():
+    """Each rank reads batches while its own time allows; a rank that would stop first stops every rank, so all read the
+    same number (the Hessians are averaged over ranks batch for batch; unequal counts once left one rank waiting)."""
+    results = spawn_gloo(_calibrate_on_rank, 2, [9000.0, 9500.0])  # rank 1 has 0.5 s left, rank 0 1 s
+    assert results[0][0] == results[1][0] == 16 and results[0][1] == results[1][1]  # 2 batches of 8 sequences each
+
+
 def test_self_calibration_reads_no_data():
     args = tiny_args(quant_method="gptq", gptq_calibration="self", gptq_sequences=3)
     said = []

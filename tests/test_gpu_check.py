@@ -286,7 +286,7 @@ def test_the_verdict_judges_the_budgets_of_gpu_runs_only(tmp_path):
 
     text, passed = verdict(gpu, 700.0, 6000.0)
     assert not passed and text.startswith("verdict: NOT PASSED: over budget by projection: beyond: evaluations 700 s > 600 s")
-    assert text.endswith("note: beyond: 6,000 steps in its training time, fewer than the record's 7,030")
+    assert text.endswith("note: beyond: 6,000 steps in its training time, fewer than the record's 7,034")
     text, passed = verdict(gpu, 300.0, 7500.0)
     assert passed and text == ("verdict: PASSED: every stage ran and passed; by projection every configuration's "
                                "evaluations fit 600 s on 8 GPUs")

@@ -56,6 +56,45 @@ def test_an_error_only_one_rank_meets_is_reported_by_rank_0_and_logged(tmp_path)
     assert (tmp_path / "logs" / "ranks.txt").read_text().splitlines()[-1] == "ERROR: rank 1: a file only rank 1 reads is damaged"
 
 
+def _stop_among_three(rank, world_size, folder):
+    """Rank 1 fails alone; ranks 0 and 2 are in a collective when it goes."""
+    import os
+    os.chdir(folder)
+    rt = tg.Runtime(rank, world_size, CPU)
+    try:
+        with tg.Logger("three", enabled=rank == 0).failures(rt):
+            if rank == 1: raise tg.RunError("only rank 1 met this")
+            dist.distributed_c10d._get_default_store().wait(["run_error/1"])
+            rt.all_reduce(torch.ones(1))
+    except tg.RunError as e:
+        return str(e), dist.distributed_c10d._get_default_store().check([f"run_error/{rank}"])
+
+
+def test_with_three_ranks_the_error_is_the_failing_rank_s_alone():
+    """Rank 2 also finds its peer gone, but publishes nothing of what it learnt: rank 0 reports rank 1's error once."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        results = spawn_gloo(_stop_among_three, 3, folder)
+    assert results[0][0] == "rank 1: only rank 1 met this" and results[1] == ("only rank 1 met this", True)
+    assert results[2][1] is False  # rank 2 published nothing
+
+
+def _stopped_everywhere(rank, world_size):
+    """A signal reaches every rank (Ctrl-C under torchrun): each stops; no rank publishes it as its own error."""
+    rt = tg.Runtime(rank, world_size, CPU)
+    rt.all_reduce(torch.ones(1))  # both ranks are up
+    try:
+        with tg.Logger("stopped", enabled=False).failures(rt):
+            raise tg.Stopped(signal.SIGINT)
+    except tg.RunError as e:
+        rt.all_reduce(torch.ones(1))  # both have stopped before either looks
+        return str(e), e.exit_code, rt.peer_errors()
+
+
+def test_a_signal_on_every_rank_is_one_stop_not_a_peer_s_error():
+    assert spawn_gloo(_stopped_everywhere, 2) == [("stopped by SIGINT", 130, "")] * 2
+
+
 def test_under_torchrun_an_error_of_rank_1_alone_is_said_once(tiny_env, tmp_path):
     """Rank 1 alone reads a damaged shard header (a patched numpy.fromfile, through sitecustomize): both ranks stop
     at start, stderr holds rank 1's error once (rank 0 says it), the log ends with it, no traceback of ours."""

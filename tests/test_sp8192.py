@@ -74,8 +74,12 @@ def test_the_full_configuration_is_the_records_model():
     assert shapes["skip_weights"] == shapes["skip_gates"] == [8, 512] and shapes["tok_emb.weight"] == [8192, 512]
     assert shapes["blocks.0.mlp.fc.weight"] == [2048, 512] and not any(k.startswith(("bigram", "smear", "ve_")) for k in shapes)
     assert [b.gptj for b in model.blocks] == [False] * 7 + [True] * 4 and not any(b.parallel for b in model.blocks)
-    model.recurring = True
-    assert [i for i, *_ in model.passes()] == [0, 1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5, 6, 7, 8, 9, 10]
+    model.recurring = True  # 17 passes: the first 8 pushed, decoder pass k takes skip k, the last none
+    assert [(i, push, skip) for i, _, push, skip in model.passes()] == (
+        [(i, True, None) for i in (0, 1, 2, 3, 4, 5, 3, 4)] + [(i, False, k) for k, i in enumerate((5, 3, 4, 5, 6, 7, 8, 9))]
+        + [(10, False, None)])
+    model.recurring = False  # the plain 5/6 split uses pairs 0-4
+    assert [skip for *_, skip in model.passes()] == [None] * 5 + [0, 1, 2, 3, 4, None]
     assert env["SEEDS"] == "42 314 999"
 
 
@@ -141,6 +145,21 @@ def test_the_loop_switches_on_inside_a_compiled_run_and_compiles_nothing_after_p
     assert counts["primed"] > 0 and counts["evaluation"] == counts["primed"], counts
 
 
+def test_priming_builds_no_qat_graph_where_late_qat_never_switches_on(tiny_data, monkeypatch):
+    """LATE_QAT_THRESHOLD=0 (the SP8192 record): priming never switches QAT on, so it compiles no graph that will not run;
+    with the record's 0.15 every other priming step has it on."""
+    from conftest import tiny_run_env
+    switches = []
+    monkeypatch.setattr(tg.GPT, "set_qat", lambda self, enabled, soft_round, tau: switches.append(enabled))
+    for threshold, expected in (("0", [False] * 5), ("0.15", [False, True, False, True, False])):
+        switches.clear()
+        args = tiny_args(late_qat_threshold=threshold, warmup_steps="4", data_path=str(tiny_data))
+        model = tg.build_model(args)
+        loader = tg.DistributedTokenLoader(tg.list_shards(tiny_data, "train"), 0, 1, CPU)
+        tg.warmup_prime(model, tg.build_optimizers(model, args, ONE), loader, args, ONE)
+        assert switches == expected, threshold
+
+
 def test_the_loop_switches_on_at_its_fraction_of_the_clock():
     args = tiny_args(**SP, loop_start_frac="0.35", iterations="100", max_wallclock_seconds="0")
     assert not tg.recurrence_due(34, 1e9, args) and tg.recurrence_due(35, 0.0, args)
@@ -161,8 +180,8 @@ def test_an_artifact_of_the_options_is_read_back_and_checks_the_loop(tiny_env, m
     one(lines, r"recurrence:enabled step:4 layers:1,2 virtual_layers:8")  # 30 % of 12 steps
     one(lines, r"quantized_tensors: int6:24 int8:1 passthrough:\d+")
     assert not any(line.startswith(("late_qat", "swa:", "ttt_burst")) for line in lines)
-    monkeypatch.setenv("LOOP_PASSES", "2")
-    with pytest.raises(tg.InputError, match=r"^artifact tensor skip_weights is missing or has the wrong shape"):
+    monkeypatch.setenv("LOOP_PASSES", "2")  # its settings are checked before its shapes (skip_weights differ too)
+    with pytest.raises(tg.InputError, match=r"^the artifact was trained with LOOP_PASSES=3, and this run has LOOP_PASSES=2$"):
         tg.main()
     monkeypatch.setenv("LOOP_PASSES", "3")
     monkeypatch.setenv("LOOP_LAYERS", "0,1")
@@ -202,10 +221,12 @@ def test_the_embedding_has_its_own_weight_decay():
         assert [g["weight_decay"] for g in adam.param_groups] == [expected, 0.06]
 
 
-def test_warmdown_by_fraction_of_the_clock_to_min_lr():
+def test_warmdown_by_fraction_of_the_clock_never_below_min_lr():
+    """Linear to 0 over the last WARMDOWN_FRAC of the clock, floored at MIN_LR (as the records' code does)."""
     args = tiny_args(warmdown_frac="0.72", min_lr="0.1", max_wallclock_seconds="100")
     assert tg.lr_scale(5000, 28_000.0, args) == 1.0 and tg.lr_scale(1, 0.0, args) == 1.0
-    assert tg.lr_scale(0, 64_000.0, args) == pytest.approx(0.1 + 0.9 * 0.5)  # half way through the warmdown
+    assert tg.lr_scale(0, 64_000.0, args) == pytest.approx(0.5)  # half way through the warmdown
+    assert tg.lr_scale(0, 96_000.0, args) == pytest.approx(0.1)  # 4/72 would be below the floor
     assert tg.lr_scale(0, 100_000.0, args) == pytest.approx(0.1) and tg.lr_scale(0, 2e5, args) == pytest.approx(0.1)
     steps = tiny_args(warmdown_frac="0.5", iterations="100", max_wallclock_seconds="0")
     assert [tg.lr_scale(s, 1e9, steps) for s in (0, 50, 75, 100)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
@@ -242,15 +263,45 @@ def test_the_shuffled_loader_reads_each_window_of_its_own_shards_once_per_pass(t
     assert torch.equal(tg.ShuffledLoader(files, 0, 1, CPU).next_batch(64, 16)[0], tg.ShuffledLoader(files, 0, 1, CPU).next_batch(64, 16)[0])
 
 
+def test_the_shuffled_loader_draws_by_windows_left_and_keeps_a_window_in_short_shards(tmp_path):
+    """Each draw's probabilities are the shards' windows left over their sum; a shard of fewer than two windows' tokens
+    gets a phase that leaves it one (a phase up to seq_len once left it none in some passes)."""
+    files = shards(tmp_path, [17 + 3, 100 * 17 + 9])  # one window, and a hundred
+    loader = tg.ShuffledLoader(files, 0, 1, CPU)
+    seen = []
+
+    class Recording:  # the loader's generator, recording each draw's probabilities
+        def __init__(self, rng):
+            self.rng = rng
+
+        def choice(self, n, p):
+            seen.append(p.tolist())
+            return self.rng.choice(n, p=p)
+
+        def __getattr__(self, name):
+            return getattr(self.rng, name)
+    loader.rng = Recording(loader.rng)
+    for _ in range(20):
+        left = [len(starts) - read for starts, read in loader.windows] if loader.windows else None
+        loader.next_batch(16, 16)
+        if left is not None:
+            assert seen[-1] == pytest.approx([n / sum(left) for n in left])
+    for _ in range(30):  # many passes: the short shard always has its window
+        loader._start_pass()
+        assert len(loader.windows[0][0]) == 1 and 0 <= int(loader.windows[0][0][0]) <= 3
+
+
 def test_the_shuffled_loader_refuses_what_it_cannot_read(tmp_path):
     short = tmp_path / "short"
     short.mkdir()
     shards(short, [10, 12])
     with pytest.raises(tg.InputError, match=r"LOADER=shuffled reads each sequence from one shard, and no training shard holds"):
         tg.make_loader(tg.list_shards(short, "train"), tiny_args(loader="shuffled"), ONE)
-    shards(tmp_path, [100, 100])
-    with pytest.raises(tg.InputError, match=r"^LOADER=shuffled gives each rank shards of its own: 2 training shards for 4 ranks$"):
-        tg.make_loader(tg.list_shards(tmp_path, "train"), tiny_args(loader="shuffled"), tg.Runtime(0, 4, CPU))
+    shards(tmp_path, [100, 100, 10])
+    for rank in (0, 1, 2):  # every rank checks every rank's shards: rank 2's too short, and rank 3 has none
+        with pytest.raises(tg.InputError, match=r"^LOADER=shuffled gives each rank shards of its own, and rank 2's \(1 of 3\) "
+                                                r"hold no sequence of TRAIN_SEQ_LEN \+ 1 = 33 tokens$"):
+            tg.make_loader(tg.list_shards(tmp_path, "train"), tiny_args(loader="shuffled"), tg.Runtime(rank, 4, CPU))
 
 
 def test_sdclip_scales_are_k_standard_deviations_and_gptq_runs_once_with_them():

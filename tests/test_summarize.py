@@ -878,6 +878,8 @@ def test_run_seeds_runs_the_packed_submission_and_refuses_a_changed_source_on_re
     assert plain.returncode == 0 and (repo / "calls.txt").read_text().splitlines()[-1].startswith(
         "--standalone --nproc_per_node=8 train_gpt.py SEED=7")
     assert run_seeds(repo, env, PACK="2").stderr == "error: PACK must be 0 or 1, got '2'\n"
+    other = run_seeds(repo, env, SEEDS="9", RUN_PREFIX="v", VOCAB_SIZE="8192")  # val_loss is per token of a tokenizer
+    assert other.returncode == 0 and "--record-val-loss RECORD_VAL_LOSS --record-vocab 8192" in other.stdout
 
 
 def test_run_seeds_rejects_bad_seed_lists(seeds_repo):
