@@ -29,10 +29,11 @@ skipped or over-budget stage. A stage that runs past --stage-timeout is stopped 
 past what is left of --budget is stopped; one that what is left cannot fit (by the longest stage of its
 kind so far) is skipped.
 
-Data: DATA_PATH and TOKENIZER_PATH from the environment when both are set; else FineWeb sp1024 at its
-default place where present; else the proxy corpus (data/proxy, built by data/make_proxy.py when missing).
---smoke uses the bundled sample (data/sample, built by data/make_sample.py when missing) unless the
-environment names data. Other hyperparameter variables of the environment are not used: the
+Data, per configuration's vocabulary: DATA_PATH and TOKENIZER_PATH from the environment when both are set
+and the tokenizer has that many pieces; else FineWeb of that vocabulary at its default place where present;
+else the proxy corpus (data/proxy or data/proxy_sp<V>, built by data/make_proxy.py when missing). --smoke
+uses the bundled sample (data/sample or data/sample_sp<V>, built by data/make_sample.py) in place of FineWeb
+and the proxy. Other hyperparameter variables of the environment are not used: the
 configuration files define the runs.
 """
 from __future__ import annotations
@@ -204,7 +205,8 @@ def choose_data(mode: Mode, vocab: int = 1024) -> tuple[dict, list[str] | None]:
     if any(given.values()):
         if not all(given.values()):
             raise CheckError("set both DATA_PATH and TOKENIZER_PATH, or neither")
-        return {k: str(Path(v).resolve()) for k, v in given.items()}, None
+        if tokenizer_pieces(given["TOKENIZER_PATH"]) == vocab:  # the given data serves its own vocabulary's configurations
+            return {k: str(Path(v).resolve()) for k, v in given.items()}, None
     suffix = "" if vocab == 1024 else f"_sp{vocab}"
     fineweb = (REPO / "data" / "datasets" / f"fineweb10B_sp{vocab}", REPO / "data" / "tokenizers" / f"fineweb_{vocab}_bpe.model")
     if not mode.smoke and all(p.exists() for p in fineweb):
@@ -214,6 +216,18 @@ def choose_data(mode: Mode, vocab: int = 1024) -> tuple[dict, list[str] | None]:
     tokenizer = folder / f"{kind}_{vocab}_bpe.model"
     command = [sys.executable, str(REPO / "data" / builder), "--vocab", str(vocab)]
     return dict(DATA_PATH=str(folder), TOKENIZER_PATH=str(tokenizer)), None if tokenizer.is_file() else command
+
+
+@functools.cache
+def tokenizer_pieces(path: str) -> int:
+    """The number of pieces of a SentencePiece model, or one line saying why it cannot be read."""
+    import sentencepiece as spm
+    if not Path(path).is_file():
+        raise CheckError(f"TOKENIZER_PATH {path} is not a file")
+    try:
+        return spm.SentencePieceProcessor(model_file=path).vocab_size()
+    except Exception as e:  # sentencepiece's own message, in one line
+        raise CheckError(f"TOKENIZER_PATH {path} is not a SentencePiece model: {str(e).splitlines()[0]}") from None
 
 
 @functools.cache
@@ -813,7 +827,7 @@ def parse_args(argv):
     p.add_argument("--smoke", action="store_true", help="the same sequence at toy size on the CPU (the bundled sample)")
     p.add_argument("--config", action="append", metavar="FILE",
                    help="a configuration file (repeatable; default configs/record.env, then every other configs/*.env)")
-    p.add_argument("--out", help=f"folder of the summary and every stage's output (default {OUT.relative_to(REPO)})")
+    p.add_argument("--out", help=f"folder of the summary and every stage's output (default logs/gpu_check)")
     p.add_argument("--budget", type=float, help="seconds for the whole sequence (default 540 on a GPU, 900 with --smoke): "
                                                 "a stage that would not fit is skipped, one that runs past it is stopped")
     p.add_argument("--stage-timeout", type=float, help="seconds after which one stage is stopped and failed "

@@ -224,7 +224,7 @@ def test_under_torchrun_every_rank_stops_and_the_error_is_said_once(tiny_env, tm
         expected = "error: training loss is not finite at step"
     else:
         (tmp_path / "logs").write_text("not a folder")
-        expected = "error: logs exists but is not a directory"
+        expected = "error: rank 0: logs exists but is not a directory"  # rank 0 alone keeps the folder
     result = run_script(torchrun_cmd() + ["--standalone", "--nproc_per_node=2", SCRIPT], env, tmp_path, timeout=240)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

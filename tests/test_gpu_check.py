@@ -39,7 +39,7 @@ def check_env(sample: Path, **extra) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke(sample, tmp_path_factory):
-    """One `gpu_check.py --smoke` over configs/ (record.env and beyond.env): its result and output folder."""
+    """One `gpu_check.py --smoke` over configs/ (record.env, beyond.env, sp8192.env): its result and output folder."""
     out = tmp_path_factory.mktemp("gpu_check")
     result = run_script(SCRIPT + ["--smoke", "--out", str(out)], check_env(sample), cwd=out, timeout=900)
     return result, out
@@ -58,12 +58,12 @@ def table(text: str) -> dict[str, list[str]]:
 def test_smoke_runs_every_stage_and_passes(smoke):
     result, out = smoke
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
-    for stage in ("preflight", "run:record", "reread:record", "run:beyond", "reread:beyond", "evaltime:record",
-                  "evaltime:beyond"):
+    stages = ["preflight", "run:record", "reread:record", "run:beyond", "reread:beyond", "run:sp8192", "reread:sp8192",
+              "evaltime:record", "evaltime:beyond", "evaltime:sp8192"]
+    for stage in stages:
         assert re.search(rf"^gpu_check: {stage} ok in [\d.]+ s$", result.stdout, re.M), stage
-    order = [m[1] for m in re.finditer(r"^gpu_check: (\S+) ok in", result.stdout, re.M)]
-    assert order == ["preflight", "run:record", "reread:record", "run:beyond", "reread:beyond", "evaltime:record",
-                     "evaltime:beyond"]  # every run and reread before any evaltime
+    order = [m[1] for m in re.finditer(r"^gpu_check: (\S+) ok in", result.stdout, re.M) if not m[1].startswith("data")]
+    assert order == stages  # every run and reread before any evaltime (the data's stages first, where it is built)
     summary = (out / "summary.md").read_text()
     assert summary.strip() in result.stdout
     assert summary.strip().splitlines()[-1] == ("verdict: PASSED: every stage ran and passed; --smoke: the projections "
@@ -353,10 +353,11 @@ def test_tolerated_preflight_failures_pass_the_stage_and_no_others():
         assert (stage.status, stage.detail) == ("FAILED", lines[-1])
 
 
-def test_the_data_is_the_environments_else_fineweb_else_the_proxy(tmp_path, monkeypatch):
+def test_the_data_is_the_environments_else_fineweb_else_the_proxy(sample, tmp_path, monkeypatch):
     """On a GPU: DATA_PATH and TOKENIZER_PATH (made absolute), else FineWeb of the configuration's vocabulary where
     downloaded, else the proxy corpus of that vocabulary, with its builder's command where it is not built; --smoke:
-    the environment's, else the sample of that vocabulary."""
+    the environment's, else the sample of that vocabulary. The environment's data only for its tokenizer's vocabulary."""
+    tokenizer_1024 = sample / "sample_1024_bpe.model"
     monkeypatch.setattr(gpu_check, "REPO", tmp_path)
     for name in ("DATA_PATH", "TOKENIZER_PATH"):
         monkeypatch.delenv(name, raising=False)
@@ -377,11 +378,24 @@ def test_the_data_is_the_environments_else_fineweb_else_the_proxy(tmp_path, monk
         fineweb[1].write_text("downloaded")
         assert gpu_check.choose_data(gpu, vocab) == (paths(fineweb), None)
         assert gpu_check.choose_data(smoke, vocab) == (paths(sample), build("make_sample.py"))
+    # the environment's data serves the configurations of its tokenizer's vocabulary; the others keep their own
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    shutil.copy2(tokenizer_1024, tmp_path / "mine" / "tok.model")
     monkeypatch.setenv("DATA_PATH", "mine")
     monkeypatch.setenv("TOKENIZER_PATH", "mine/tok.model")
-    assert gpu_check.choose_data(gpu, 8192) == (dict(DATA_PATH=str(tmp_path / "mine"), TOKENIZER_PATH=str(tmp_path / "mine" / "tok.model")),
+    assert gpu_check.choose_data(gpu, 1024) == (dict(DATA_PATH=str(tmp_path / "mine"), TOKENIZER_PATH=str(tmp_path / "mine" / "tok.model")),
                                                 None)
+    assert gpu_check.choose_data(smoke, 8192) == (paths(sample), build("make_sample.py"))
+    for tokenizer, message in (("mine/none.model", "TOKENIZER_PATH mine/none.model is not a file"),
+                               ("mine", "TOKENIZER_PATH mine is not a file")):
+        monkeypatch.setenv("TOKENIZER_PATH", tokenizer)
+        with pytest.raises(gpu_check.CheckError, match=f"^{message}$"):
+            gpu_check.choose_data(gpu, 1024)
+    (tmp_path / "mine" / "text.model").write_text("not a model")
+    monkeypatch.setenv("TOKENIZER_PATH", "mine/text.model")
+    with pytest.raises(gpu_check.CheckError, match="^TOKENIZER_PATH mine/text.model is not a SentencePiece model: "):
+        gpu_check.choose_data(gpu, 1024)
 
 
 def test_a_run_that_skips_a_phase_it_should_go_through_fails():
