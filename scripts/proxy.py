@@ -72,8 +72,12 @@ that contains 0 is noise. The proxy cannot see what works through a GPU's step t
 makes steps slower costs steps on 8xH100, not here), effects that need the record's 7,000 steps, or
 the absolute level of the score (Python source is not FineWeb's text).
 
-Agreement with 8xH100: docs/proxy.md has the table of the proxy's verdicts against outcomes measured
-on 8xH100."""
+Agreement with 8xH100 (docs/proxy.md, "What a proxy verdict is worth"): where the records measured an
+effect on 8xH100, the proxy agreed in sign on TTT (-0.0093 here, -0.0025 there), sliding windows (-0.0096,
+-0.022), EMA over SWA, parallel residuals (-0.017, -0.0022) and the SP8192 configuration (-0.46, -0.037);
+it could not resolve depth recurrence (-0.002 to -0.003 there). Trust its sign on evaluation, quantiser
+and large model or data changes; never the size of an effect (none was within 2x), nor changes that
+need thousands of steps or are paid for in step time."""
 
 
 class ProxyError(Exception):
@@ -418,6 +422,9 @@ class Quantiser(NamedTuple):
     calibration_seconds: float | None
     choose: object = tg.best_scale_per_row  # each row's scale choice
     int6_matrices: int = 0
+    scale_rule: str = "search"  # GPTQ_SCALES
+    gptq_embed: bool = False  # GPTQ_EMBED
+    fit: float = 0.0  # > 0: FIT's pruning down to this fraction fewer bytes than the unpruned artifact
 
 
 def by_weight_mse(best_scale_per_row):
@@ -442,20 +449,31 @@ def calibrate_on_generated_text(model: tg.GPT, args: tg.Hyperparameters) -> tupl
     return tg.collect_hessians(model.eval(), [tg.generate(model.eval(), args.gptq_sequences, args, CPU)]), time.perf_counter() - t0
 
 
-def quantisers(model: tg.GPT, weights: dict, args: tg.Hyperparameters, counts: list[int] | None, int6_matrices: int) -> list[Quantiser]:
+def quantisers(model: tg.GPT, weights: dict, args: tg.Hyperparameters, counts: list[int] | None, int6_matrices: int,
+               sp8192: bool = False, fits: list[int] | None = None) -> list[Quantiser]:
     """Clip search and GPTQ, calibrated on the checkpoint's weights: with `counts`, on each number of
     training sequences; otherwise on GPTQ_SEQUENCES training or generated sequences, with either scale
-    choice, and with int6_matrices > 0 GPTQ (train) narrowing all but that many matrices."""
+    choice (with sp8192 instead: GPTQ (train) with the SP8192 record's SDClip scales, GPTQ of the embedding, and
+    both); with int6_matrices > 0, GPTQ (train) narrowing all but that many matrices; with fits, the configuration's
+    own quantiser pruned by FIT to each percentage fewer bytes."""
     model.load_state_dict(weights)
     clip = Quantiser("clip", None, None)
     if counts:
         return [clip] + [Quantiser(f"gptq (train), {n} sequences", *calibrate_on_training_data(model, args, n)) for n in counts]
     train = Quantiser("gptq (train)", *calibrate_on_training_data(model, args, args.gptq_sequences))
-    compared = [clip, train, Quantiser("gptq (self)", *calibrate_on_generated_text(model, args)),
-                train._replace(name="gptq (train), MSE choice", choose=by_weight_mse(tg.best_scale_per_row))]
+    if sp8192:  # the SP8192 record's quantiser options instead of the calibration text and the scale choice
+        compared = [clip, train, train._replace(name="gptq (train), SDClip", scale_rule="sdclip"),
+                    train._replace(name="gptq (train), the embedding too", gptq_embed=True),
+                    train._replace(name="gptq (train), SDClip, the embedding too", scale_rule="sdclip", gptq_embed=True)]
+    else:
+        compared = [clip, train, Quantiser("gptq (self)", *calibrate_on_generated_text(model, args)),
+                    train._replace(name="gptq (train), MSE choice", choose=by_weight_mse(tg.best_scale_per_row))]
     if int6_matrices:
         compared.append(train._replace(name=f"gptq (train), {int6_matrices} matrices at the width, the rest 1 bit less",
                                        int6_matrices=int6_matrices))
+    own = clip if args.quant_method == "clip" else train._replace(name="gptq (train), the configuration's", scale_rule=args.gptq_scales,
+                                                                     gptq_embed=args.gptq_embed)
+    compared += [own._replace(name=f"{own.name}, FIT to {f} % fewer bytes", fit=f / 100) for f in fits or []]
     return compared
 
 
@@ -481,7 +499,9 @@ def quant(opts) -> int:
         if value is not None and value < 0:
             raise ProxyError(f"{option} {value}: expected an integer >= 0")
     config_path = configuration_file(opts)
-    args = hyperparameters(run_settings(load_configuration(config_path), {}, 1337), shown(config_path))
+    arm = {} if opts.settings is None else parse_arm(f"settings:@{opts.settings}")[1]  # an arm's @FILE on top
+    check_names(arm, "--settings")
+    args = hyperparameters(run_settings(load_configuration(config_path), arm, 1337), shown(config_path))
     model = configured_model(args)
     weights = load_checkpoint(Path(opts.checkpoint), model.state_dict(), shown(config_path))
     token_bytes = token_bytes_of(args)
@@ -489,18 +509,25 @@ def quant(opts) -> int:
     unquantised = score(model, weights, val, token_bytes, args)
     lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets", "",
              "| bits | quantiser | roundtrip bpb | gap | artifact bytes | calibration s | quantise s |", "|---|---|---|---|---|---|---|"]
-    compared = quantisers(model, weights, args, counts, opts.int6_matrices)
+    fits = None if opts.fit is None else integer_list(opts.fit, "--fit", 1, 50)
+    compared = quantisers(model, weights, args, counts, opts.int6_matrices, opts.sp8192, fits)
+    compressor = opts.compressor or args.compressor
+    lines[2:2] = [f"artifact bytes: {compressor}", ""]
     for width in bits:
         for q in compared:
             t0 = time.perf_counter()
             with patch.object(tg, "best_scale_per_row", q.choose):
                 container = tg.quantize_state_dict(weights, args.passthrough_max_numel, q.hessians, bits=width,
-                                                   int6_matrices=q.int6_matrices)
+                                                   int6_matrices=q.int6_matrices, scale_rule=q.scale_rule,
+                                                   sdclip_k=(args.sdclip_k_int6, args.sdclip_k_int8), gptq_embed=q.gptq_embed)
+            blob = tg.compress_artifact(container, compressor)
+            if q.fit:  # prunes the container in place to what its bytes hold
+                blob = tg.fit_artifact(container, weights, q.hessians or {}, int(len(blob) * (1 - q.fit)), compressor, lambda _: None)
             seconds = time.perf_counter() - t0
             roundtrip = score(model, tg.dequantize_state_dict(container, model.state_dict()), val, token_bytes, args)
             calibration = "—" if q.calibration_seconds is None else f"{q.calibration_seconds:.1f}"
             lines.append(f"| {width} | {q.name} | {roundtrip:.8f} | {roundtrip - unquantised:+.8f} | "
-                         f"{len(tg.compress_artifact(container)):,} | {calibration} | {seconds:.2f} |")
+                         f"{len(blob):,} | {calibration} | {seconds:.2f} |")
     print("\n".join(lines))
     return 0
 
@@ -660,6 +687,13 @@ def quant_parser() -> argparse.ArgumentParser:
                                                         "sequences, e.g. 64,256,1024, instead of the usual quantisers")
     parser.add_argument("--val-tokens", type=int, help="held-out targets to score (default: the configuration's "
                                                         "VAL_TOKENS; 0: all)")
+    parser.add_argument("--settings", help="a file of VAR=VALUE lines on top of the configuration, as an arm's @FILE "
+                                           "(e.g. scripts/proxy_sp8192.env)")
+    parser.add_argument("--sp8192", action="store_true", help="GPTQ (train) with the SP8192 record's SDClip scales, "
+                                                              "GPTQ of the embedding, and both, instead of GPTQ (self) and the MSE choice")
+    parser.add_argument("--fit", help="also the configuration's own quantiser pruned by FIT to each of these percentages "
+                                      "fewer bytes, e.g. 1,2")
+    parser.add_argument("--compressor", choices=["zstd", "brotli"], help="of the artifact bytes (default: the configuration's)")
     return parser
 
 

@@ -146,15 +146,20 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
 
     # the fixed-checkpoint comparison reproduces the run's own roundtrip, gap and artifact size, and
     # compares GPTQ with both calibrations at each bit width asked for
-    result = run_script([sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--bits", "6,4",
-                         "--int6-matrices", "32", "--checkpoint", str(out / "base" / "seed1337" / "final_model.pt")], clean_environ(), REPO, timeout=600)
+    quant = [sys.executable, str(REPO / "scripts" / "proxy.py"), "quant", "--quick", "--checkpoint",
+             str(out / "base" / "seed1337" / "final_model.pt")]
+    row_pattern = r"^\| (\d) \| ([^|]+?) \| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| ([\d.]+|—) \| [\d.]+ \|$"
+    size = lambda row: int(row[5].replace(",", ""))  # noqa: E731
+    result = run_script(quant + ["--bits", "6,4", "--int6-matrices", "32", "--fit", "2"], clean_environ(), REPO, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     unquantised = float(re.search(r"unquantised val_bpb ([\d.]+) on 8,192 targets$", result.stdout, re.M)[1])
-    assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}"
-    rows = {(m[1], m[2]): m for m in re.finditer(r"^\| (\d) \| (clip|gptq \(train\)|gptq \(self\)|gptq \(train\), MSE choice|gptq \(train\), 32 matrices at the width, the rest 1 bit less) "
-                                                   r"\| ([\d.]+) \| ([+-][\d.]+) \| ([\d,]+) \| ([\d.]+|—) \| [\d.]+ \|$", result.stdout, re.M)}
+    assert f"{unquantised:.4f}" == f"{log['post_val_bpb']:.4f}" and "artifact bytes: zstd" in result.stdout
+    rows = {(m[1], m[2]): m for m in re.finditer(row_pattern, result.stdout, re.M)}
     mixed = "gptq (train), 32 matrices at the width, the rest 1 bit less"
-    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice", mixed))
+    assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice",
+                                                                  mixed, "clip, FIT to 2 % fewer bytes"))
+    fitted, clipped = rows[("6", "clip, FIT to 2 % fewer bytes")], rows[("6", "clip")]
+    assert size(fitted) <= 0.98 * size(clipped) and float(fitted[4]) > float(clipped[4])  # fewer bytes, at a cost
     # INT6_MATRICES=32 of the quick model's 44 int6 matrices: 12 narrowed, a smaller artifact, another gap
     full, narrow = rows[("6", "gptq (train)")], rows[("6", mixed)]
     assert int(narrow[5].replace(",", "")) < int(full[5].replace(",", "")) and narrow[4] != full[4]
@@ -291,7 +296,10 @@ def test_help_says_what_a_verdict_is_worth(capsys):
     out = capsys.readouterr().out
     assert done.value.code == 0
     assert "What a verdict is worth:" in out and "an interval\nthat contains 0 is noise" in out
-    assert re.search(r"^Agreement with 8xH100: [^\n]*(\n[^\n]+)*docs/proxy\.md", out, re.M)  # its measured figures
+    assert re.search(r"^Agreement with 8xH100 \(docs/proxy\.md, \"What a proxy verdict is worth\"\)", out, re.M)
+    table = (REPO / "docs" / "proxy.md").read_text()
+    for here, there in (("-0.0093", "−0.00933"), ("-0.0096", "−0.00957"), ("-0.017", "−0.01690"), ("-0.46", "−0.45732")):
+        assert here in out and there in table  # the help's figures are the known-outcomes table's
     assert "proxy.py quant" in out and "proxy.py subset" in out
 
 
@@ -350,26 +358,50 @@ def quant_rows(stdout: str) -> dict:
 
 
 def test_quant_compares_numbers_of_calibration_sequences(tiny_config, tmp_path, capsys):
-    """One GPTQ row per count, each with its calibration time; 64 sequences (the default GPTQ_SEQUENCES)
+    """One GPTQ row per count, each with its calibration time; 512 sequences (the default GPTQ_SEQUENCES)
     give the usual comparison's gptq (train) row."""
     checkpoint = tmp_path / "final_model.pt"
     tg.atomic_write({checkpoint: tg.serialize(tiny_weights())})
     quant = ["quant", "--config", str(tiny_config), "--checkpoint", str(checkpoint)]
-    assert proxy.main(quant + ["--calibration-sequences", "4,64,256"]) == 0
+    assert proxy.main(quant + ["--calibration-sequences", "4,64,512"]) == 0
     rows = quant_rows(capsys.readouterr().out)
-    counts = [f"gptq (train), {n} sequences" for n in (4, 64, 256)]
+    counts = [f"gptq (train), {n} sequences" for n in (4, 64, 512)]
     assert list(rows) == [("6", name) for name in ["clip"] + counts]
     assert rows[("6", "clip")][3] == "—" and all(float(rows[("6", name)][3]) >= 0 for name in counts)
     assert rows[("6", counts[0])][:3] != rows[("6", counts[2])][:3]  # other Hessians, other levels
     assert proxy.main(quant) == 0
     usual = quant_rows(capsys.readouterr().out)
     assert list(usual) == [("6", name) for name in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice")]
-    assert usual[("6", "gptq (train)")][:3] == rows[("6", counts[1])][:3] and usual[("6", "clip")] == rows[("6", "clip")]
+    assert usual[("6", "gptq (train)")][:3] == rows[("6", counts[2])][:3] and usual[("6", "clip")] == rows[("6", "clip")]
     for flags, message in ((["--calibration-sequences", "64,0"], "--calibration-sequences '64,0': 0 is out of range"),
                            (["--calibration-sequences", "64,64"], "--calibration-sequences '64,64': 64 is given twice"),
                            (["--calibration-sequences", ""], "--calibration-sequences '': expected distinct integers"),
                            (["--calibration-sequences", "64", "--int6-matrices", "8"], "--int6-matrices and --calibration-sequences")):
         assert refusal(capsys, quant + flags).startswith(message)
+
+
+def test_quant_takes_settings_and_compares_the_sp8192_quantisers(tiny_config, tmp_path, capsys):
+    """--settings puts a file of settings on top of the configuration (here the SP8192 record's quantiser,
+    pruned by --fit); --sp8192 compares SDClip scales and GPTQ of the embedding; --compressor sets the bytes'."""
+    checkpoint = tmp_path / "final_model.pt"
+    tg.atomic_write({checkpoint: tg.serialize(tiny_weights())})
+    settings = tmp_path / "sdclip.env"
+    settings.write_text("QUANT_METHOD=gptq\nGPTQ_SCALES=sdclip\n")
+    quant = ["quant", "--config", str(tiny_config), "--checkpoint", str(checkpoint), "--sp8192"]
+    assert proxy.main(quant + ["--settings", str(settings), "--fit", "2", "--compressor", "brotli"]) == 0
+    out = capsys.readouterr().out
+    rows = {name: row for (_, name), row in quant_rows(out).items()}
+    own = "gptq (train), the configuration's, FIT to 2 % fewer bytes"
+    assert list(rows) == ["clip", "gptq (train)", "gptq (train), SDClip", "gptq (train), the embedding too",
+                          "gptq (train), SDClip, the embedding too", own]
+    size = lambda name: int(rows[name][2].replace(",", ""))  # noqa: E731
+    assert "artifact bytes: brotli" in out and size(own) <= 0.98 * size("gptq (train), SDClip")
+    assert rows["gptq (train), the embedding too"][0] != rows["gptq (train)"][0]
+    assert proxy.main(quant) == 0  # zstd, the configuration's compressor
+    zstd = {name: row for (_, name), row in quant_rows(capsys.readouterr().out).items()}
+    assert zstd["gptq (train), SDClip"][:2] == rows["gptq (train), SDClip"][:2] and zstd["clip"][2] != rows["clip"][2]
+    settings.write_text("GPTQ_SCALE=sdclip\n")
+    assert refusal(capsys, quant + ["--settings", str(settings)]).startswith("--settings: GPTQ_SCALE is not a hyperparameter")
 
 
 def write_run(directory: Path, settings: dict, weights: dict) -> Path:
