@@ -88,5 +88,5 @@ def test_fit_widens_the_check_at_start_by_its_margin(tiny_env, monkeypatch):
     tg.main()  # past the start (the artifact, smaller than estimated, then fits, pruned or not)
     assert run_lines("logs/tiny.txt")[-1].startswith("final_int6_sliding_window_exact")
     monkeypatch.setattr(tg, "SUBMISSION_LIMIT_BYTES", int(estimate / (1 + 2 * tg.FIT_MARGIN)))
-    with pytest.raises(tg.InputError, match=r"plus FIT's 1% margin: make the model smaller, run the packed file \(scripts/pack.py\), or set ALLOW_OVER_LIMIT=1$"):
+    with pytest.raises(tg.InputError, match=r"plus FIT's 2% margin: make the model smaller, run the packed file \(scripts/pack.py\), or set ALLOW_OVER_LIMIT=1$"):
         tg.main()

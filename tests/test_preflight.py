@@ -27,8 +27,8 @@ def test_preflight_passes_on_the_cpu_with_cuda_checks_skipped(tiny_data, tmp_pat
                      "fake_quant": "ok", "size_estimate": "ok", "artifact": "ok", "ttt": "ok"}
     assert result.stdout.strip().endswith("preflight: all checks passed")
     assert re.search(r"^ok       artifact: .*\(int6:24 int8:3 passthrough:24\)", result.stdout, re.M)
-    assert re.search(r"^ok       size_estimate: int6:\d+ int8:\d+ passthrough:\d+ params, payload [\d]+ bytes x 0\.7302 "
-                     r"\(zstd\) = \d+ bytes; with the code [\d,]+ bytes, limit 16,000,000$", result.stdout, re.M)
+    assert re.search(r"^ok       size_estimate: int6:\d+ int8:\d+ passthrough:\d+ params, payload [\d]+ bytes x 0\.718 "
+                     r"\(zstd, search scales\) = \d+ bytes; with the code [\d,]+ bytes, limit 16,000,000$", result.stdout, re.M)
     assert re.search(r"^ok       fake_quant: [\d.]+ ms per step once late QAT is on, [\d.]+ % of a step \(none before",
                      result.stdout, re.M)
 
