@@ -75,12 +75,12 @@ def test_smoke_runs_every_stage_and_passes(smoke):
             assert (out / config / f"{stage}.out").read_text().strip()
         assert (out / config / "final_model.int6.ptz").is_file()
     rows = table(summary)
-    assert rows[""] == ["record", "beyond"]
+    assert rows[""] == ["record", "beyond", "sp8192"]
     assert all(re.fullmatch(r"run ok \d+ s, reread ok \d+ s, evaltime ok \d+ s", c) for c in rows["stages"])
-    assert rows["reread (EVAL_ARTIFACT): roundtrip"] == ["the run's line", "the run's line"]
-    assert rows["validation targets: run and reread / evaltime"] == ["2,048 / 3,072", "2,048 / 3,072"]
-    assert rows["peak memory, MiB allocated / reserved"] == ["—", "—"]  # a CPU run logs none
-    assert rows["GPTQ calibration"][0] == "—" and re.match(r"[\d.]+ s for 64 sequences \(train\); 8 per rank on 8 GPUs",
+    assert rows["reread (EVAL_ARTIFACT): roundtrip"] == ["the run's line"] * 3
+    assert rows["validation targets: run and reread / evaltime"] == ["2,048 / 3,072"] * 3
+    assert rows["peak memory, MiB allocated / reserved"] == ["—"] * 3  # a CPU run logs none
+    assert rows["GPTQ calibration"][0] == "—" and re.match(r"[\d.]+ s for 512 sequences \(train\); 64 per rank on 8 GPUs",
                                                             rows["GPTQ calibration"][1])
     assert re.fullmatch(r"clip [\d.]+ s", rows["quantisation"][0]) and re.fullmatch(r"gptq [\d.]+ s", rows["quantisation"][1])
     projected = r"[\d,.]+ s \(first call [\d.]+ s \+ [\d.]+ µs/target\)"
