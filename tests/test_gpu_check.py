@@ -80,7 +80,7 @@ def test_smoke_runs_every_stage_and_passes(smoke):
     assert rows["reread (EVAL_ARTIFACT): roundtrip"] == ["the run's line"] * 3
     assert rows["validation targets: run and reread / evaltime"] == ["2,048 / 3,072"] * 3
     assert rows["peak memory, MiB allocated / reserved"] == ["—"] * 3  # a CPU run logs none
-    assert rows["GPTQ calibration"][0] == "—" and re.match(r"[\d.]+ s for 512 sequences \(train\); 64 per rank on 8 GPUs",
+    assert rows["GPTQ calibration"][0] == "—" and re.match(r"[\d.]+ s for 16 sequences \(train\); 64 per rank on 8 GPUs",
                                                             rows["GPTQ calibration"][1])
     assert re.fullmatch(r"clip [\d.]+ s", rows["quantisation"][0]) and re.fullmatch(r"gptq [\d.]+ s", rows["quantisation"][1])
     projected = r"[\d,.]+ s \(first call [\d.]+ s \+ [\d.]+ µs/target\)"
