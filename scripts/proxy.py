@@ -6,7 +6,7 @@ arm's paired difference to the first arm.
     python scripts/proxy.py --arm base: --arm swa:WEIGHT_AVG=swa --seeds 1337,42,7
     python scripts/proxy.py --quick                     # a small configuration, 1 arm x 1 seed (CI)
     python scripts/proxy.py --long --arm base: ...      # the long tier: scripts/proxy_long.env, logs/proxy/long/
-    python scripts/proxy.py quant --checkpoint PATH --bits 6,5,4 --val-tokens 0  # quantisers on one checkpoint
+    python scripts/proxy.py quant --checkpoint PATH ... --bits 6,5,4 --val-tokens 0  # quantisers on checkpoints
     python scripts/proxy.py subset --runs DIR ... --sizes 32768,65536  # held-out subsets against the whole set
 
 An arm is NAME:VAR=VALUE,VAR=VALUE (overrides of train_gpt.py's hyperparameters on top of the
@@ -415,7 +415,7 @@ def token_bytes_of(args: tg.Hyperparameters) -> tg.TokenBytes:
     return tg.TokenBytes(tg.load_tokenizer(args.tokenizer_path, args.vocab_size))
 
 
-# ----------------------------------------------------------------------------- quant: quantisers on one checkpoint
+# ----------------------------------------------------------------------------- quant: quantisers on trained checkpoints
 
 class Quantiser(NamedTuple):
     name: str
@@ -484,14 +484,16 @@ def configuration_file(opts) -> Path:
 
 
 def quant(opts) -> int:
-    """Quantisers compared on one checkpoint: per bit width, clip search, GPTQ with either
+    """Quantisers compared on trained checkpoints: per bit width, clip search, GPTQ with either
     calibration, and GPTQ choosing each row's scale by plain weight MSE (the records' choice) rather
     than by the H-weighted error, and with --int6-matrices N GPTQ (train) keeping only the N matrices of
     largest trace(H) at the width and the rest one bit narrower; or with --calibration-sequences N,M,...
-    clip search and GPTQ calibrated on each number of training sequences. Roundtrip val_bpb on the
-    first --val-tokens held-out targets (the configuration's VAL_TOKENS by default, 0: all), its gap to
-    the unquantised weights, artifact bytes, calibration and quantisation seconds. Deterministic: no
-    seed noise."""
+    clip search and GPTQ calibrated on each number of training sequences. Per checkpoint: roundtrip
+    val_bpb on the first --val-tokens held-out targets (the configuration's VAL_TOKENS by default, 0:
+    all), its gap to the unquantised weights, artifact bytes, calibration and quantisation seconds.
+    Deterministic: no seed noise within a checkpoint. Given several checkpoints (one per seed), a last
+    table gives each quantiser's gap and bytes as mean +- std over them, and its roundtrip minus clip
+    search's at the same width, checkpoint by checkpoint, with the 95 % interval over checkpoints."""
     bits = integer_list(opts.bits, "--bits", 2, 6)
     counts = None if opts.calibration_sequences is None else integer_list(opts.calibration_sequences, "--calibration-sequences", 1)
     if counts and opts.int6_matrices:
@@ -499,38 +501,71 @@ def quant(opts) -> int:
     for option, value in (("--val-tokens", opts.val_tokens), ("--int6-matrices", opts.int6_matrices)):
         if value is not None and value < 0:
             raise ProxyError(f"{option} {value}: expected an integer >= 0")
+    if len(set(opts.checkpoint)) != len(opts.checkpoint):
+        raise ProxyError("--checkpoint: a checkpoint is given twice")
+    fits = None if opts.fit is None else integer_list(opts.fit, "--fit", 1, 50)
     config_path = configuration_file(opts)
     arm = {} if opts.settings is None else parse_arm(f"settings:@{opts.settings}")[1]  # an arm's @FILE on top
     check_names(arm, "--settings")
     args = hyperparameters(run_settings(load_configuration(config_path), arm, 1337), shown(config_path))
     model = configured_model(args)
-    weights = load_checkpoint(Path(opts.checkpoint), model.state_dict(), shown(config_path))
+    template = model.state_dict()
+    weights = {path: load_checkpoint(Path(path), template, shown(config_path)) for path in opts.checkpoint}
     token_bytes = token_bytes_of(args)
     val = held_out(args, args.val_tokens if opts.val_tokens is None else opts.val_tokens)
-    unquantised = score(model, weights, val, token_bytes, args)
-    lines = [f"checkpoint {opts.checkpoint}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets", "",
-             "| bits | quantiser | roundtrip bpb | gap | artifact bytes | calibration s | quantise s |", "|---|---|---|---|---|---|---|"]
-    fits = None if opts.fit is None else integer_list(opts.fit, "--fit", 1, 50)
-    compared = quantisers(model, weights, args, counts, opts.int6_matrices, opts.sp8192, fits)
     compressor = opts.compressor or args.compressor
-    lines[2:2] = [f"artifact bytes: {compressor}", ""]
-    for width in bits:
-        for q in compared:
-            t0 = time.perf_counter()
-            with patch.object(tg, "best_scale_per_row", q.choose):
-                container = tg.quantize_state_dict(weights, args.passthrough_max_numel, q.hessians, bits=width,
-                                                   int6_matrices=q.int6_matrices, scale_rule=q.scale_rule,
-                                                   sdclip_k=(args.sdclip_k_int6, args.sdclip_k_int8), gptq_embed=q.gptq_embed)
-            blob = tg.compress_artifact(container, compressor)
-            if q.fit:  # prunes the container in place to what its bytes hold
-                blob = tg.fit_artifact(container, weights, q.hessians or {}, int(len(blob) * (1 - q.fit)), compressor, lambda _: None)
-            seconds = time.perf_counter() - t0
-            roundtrip = score(model, tg.dequantize_state_dict(container, model.state_dict()), val, token_bytes, args)
-            calibration = "—" if q.calibration_seconds is None else f"{q.calibration_seconds:.1f}"
-            lines.append(f"| {width} | {q.name} | {roundtrip:.8f} | {roundtrip - unquantised:+.8f} | "
-                         f"{len(blob):,} | {calibration} | {seconds:.2f} |")
-    print("\n".join(lines))
+    tables = []
+    for path, checkpoint in weights.items():
+        unquantised = score(model, checkpoint, val, token_bytes, args)
+        compared = quantisers(model, checkpoint, args, counts, opts.int6_matrices, opts.sp8192, fits)
+        lines = [f"checkpoint {path}: unquantised val_bpb {unquantised:.8f} on {val.numel() - 1:,} targets", "",
+                 f"artifact bytes: {compressor}", "",
+                 "| bits | quantiser | roundtrip bpb | gap | artifact bytes | calibration s | quantise s |", "|---|---|---|---|---|---|---|"]
+        table = {}
+        for width in bits:
+            for q in compared:
+                roundtrip, size, seconds = quantised(model, checkpoint, q, width, compressor, val, token_bytes, args)
+                calibration = "—" if q.calibration_seconds is None else f"{q.calibration_seconds:.1f}"
+                lines.append(f"| {width} | {q.name} | {roundtrip:.8f} | {roundtrip - unquantised:+.8f} | {size:,} | "
+                             f"{calibration} | {seconds:.2f} |")
+                table[(width, q.name)] = (roundtrip, roundtrip - unquantised, size)
+        print("\n".join(lines) + "\n", flush=True)
+        tables.append(table)
+    if len(tables) > 1:
+        print(over_checkpoints_table(tables))
     return 0
+
+
+def quantised(model: tg.GPT, weights: dict, q: Quantiser, width: int, compressor: str, val: torch.Tensor,
+              token_bytes: tg.TokenBytes, args: tg.Hyperparameters) -> tuple[float, int, float]:
+    """One quantiser's roundtrip val_bpb, artifact bytes and quantisation seconds."""
+    t0 = time.perf_counter()
+    with patch.object(tg, "best_scale_per_row", q.choose):
+        container = tg.quantize_state_dict(weights, args.passthrough_max_numel, q.hessians, bits=width,
+                                           int6_matrices=q.int6_matrices, scale_rule=q.scale_rule,
+                                           sdclip_k=(args.sdclip_k_int6, args.sdclip_k_int8), gptq_embed=q.gptq_embed)
+    blob = tg.compress_artifact(container, compressor)
+    if q.fit:  # prunes the container in place to what its bytes hold
+        blob = tg.fit_artifact(container, weights, q.hessians or {}, int(len(blob) * (1 - q.fit)), compressor, lambda _: None)
+    seconds = time.perf_counter() - t0
+    return score(model, tg.dequantize_state_dict(container, model.state_dict()), val, token_bytes, args), len(blob), seconds
+
+
+def over_checkpoints_table(tables: list[dict]) -> str:
+    """Each quantiser's gap and bytes over checkpoints, and its roundtrip paired with clip search's."""
+    lines = [f"over {len(tables)} checkpoints:", "",
+             "| bits | quantiser | gap | artifact bytes | − clip search, per checkpoint | − clip search [95 % CI] |",
+             "|---|---|---|---|---|---|"]
+    for width, name in tables[0]:
+        column = [t[(width, name)] for t in tables]
+        versus = "—"
+        if name != "clip":
+            d = paired([r for r, _, _ in column], [t[(width, "clip")][0] for t in tables])
+            versus = f"{d['mean']:+.5f} [{d['low']:+.5f}, {d['high']:+.5f}]"
+        per = "—" if name == "clip" else ", ".join(f"{r - t[(width, 'clip')][0]:+.5f}" for (r, _, _), t in zip(column, tables))
+        lines.append(f"| {width} | {name} | {cell(mean_std([g for _, g, _ in column]), '{:+.5f}')} | "
+                     f"{cell(mean_std([b for _, _, b in column]), '{:,.0f}')} | {per} | {versus} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- subset: held-out subsets against the whole set
@@ -676,7 +711,8 @@ def study_parser() -> argparse.ArgumentParser:
 
 def quant_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="proxy.py quant", description=" ".join(quant.__doc__.split()))
-    parser.add_argument("--checkpoint", required=True, help="a final_model.pt written by a proxy run")
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="PATH",
+                        help="final_model.pt files written by proxy runs of one configuration (one per seed)")
     group = tier_options(parser, "the checkpoint is of scripts/proxy_quick.env's configuration",
                          "the checkpoint is of scripts/proxy_long.env's configuration")
     group.add_argument("--config", help="the checkpoint is of this configuration file's (VAR=VALUE lines; "

@@ -2,18 +2,20 @@
 shard format) and the runner (arms x seeds, a table whose figures are the logs', resuming a study
 without rerunning finished runs, refusing a finished run of other settings, refusing bad arms and
 seeds before any run, a failed run's own error line), its tiers, and its tools on fixed weights
-(quant: quantisers and calibration sizes on one checkpoint; subset: held-out subsets against the
+(quant: quantisers and calibration sizes on checkpoints, and over several; subset: held-out subsets against the
 whole set)."""
 import argparse
 import io
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats
 
 import train_gpt as tg
 from conftest import REPO, clean_environ, filled_model, load_tool, run_script, tiny_args, tiny_run_env
@@ -378,6 +380,36 @@ def test_quant_compares_numbers_of_calibration_sequences(tiny_config, tmp_path, 
                            (["--calibration-sequences", ""], "--calibration-sequences '': expected distinct integers"),
                            (["--calibration-sequences", "64", "--int6-matrices", "8"], "--int6-matrices and --calibration-sequences")):
         assert refusal(capsys, quant + flags).startswith(message)
+
+
+def test_quant_over_several_checkpoints_pairs_each_quantiser_with_clip_search(tiny_config, tmp_path, capsys):
+    """One table per checkpoint, then each quantiser's gap and bytes over them and its roundtrip minus
+    clip search's, checkpoint by checkpoint, with the t interval; the same checkpoint twice is refused."""
+    paths = [tmp_path / f"seed{seed}.pt" for seed in (1, 2, 3)]
+    tg.atomic_write({path: tg.serialize(tiny_weights(seed)) for seed, path in zip((1, 2, 3), paths)})
+    quant = ["quant", "--config", str(tiny_config), "--calibration-sequences", "4,64", "--checkpoint"]
+    assert proxy.main(quant + [str(p) for p in paths]) == 0
+    out = capsys.readouterr().out
+    per_checkpoint = [quant_rows(block) for block in re.split(r"^checkpoint ", out, flags=re.M)[1:]]
+    assert len(per_checkpoint) == 3 and per_checkpoint[0] != per_checkpoint[1]
+    summary = out[out.index("over 3 checkpoints:"):]
+    rows = dict(re.findall(r"^\| 6 \| ([^|]+) \| (.+) \|$", summary, re.M))
+    assert list(rows) == ["clip", "gptq (train), 4 sequences", "gptq (train), 64 sequences"]
+    for name in rows:
+        gap, size, per, versus = rows[name].split(" | ")
+        gaps = [float(table[("6", name)][1]) for table in per_checkpoint]
+        sizes = [int(table[("6", name)][2].replace(",", "")) for table in per_checkpoint]
+        assert float(gap.split(" ± ")[0]) == pytest.approx(statistics.fmean(gaps), abs=1e-5)
+        assert int(size.split(" ± ")[0].replace(",", "")) == pytest.approx(statistics.fmean(sizes), abs=1)
+        if name == "clip":
+            assert per == versus == "—"
+            continue
+        diffs = [float(table[("6", name)][0]) - float(table[("6", "clip")][0]) for table in per_checkpoint]
+        assert [float(d) for d in per.split(", ")] == pytest.approx(diffs, abs=1e-5)
+        mean, low, high = map(float, re.fullmatch(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", versus).groups())
+        half = stats.t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+        assert mean == pytest.approx(statistics.fmean(diffs), abs=1e-5) and high - low == pytest.approx(2 * half, abs=2e-5)
+    assert refusal(capsys, quant + [str(paths[0]), str(paths[0])]) == "--checkpoint: a checkpoint is given twice"
 
 
 def test_quant_takes_settings_and_compares_the_sp8192_quantisers(tiny_config, tmp_path, capsys):
