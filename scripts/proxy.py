@@ -76,8 +76,10 @@ Agreement with 8xH100 (docs/proxy.md, "What a proxy verdict is worth"): where th
 effect on 8xH100, the proxy agreed in sign on TTT (-0.0093 here, -0.0025 there), sliding windows (-0.0096,
 -0.022), EMA over SWA, parallel residuals (-0.028, -0.0022) and the SP8192 configuration (-0.47, -0.037);
 it could not resolve depth recurrence (-0.002 to -0.003 there; here slightly worse before quantisation)
-or GPTQ against clip search at int6. Trust its sign on evaluation and on large model or data changes;
-never the size of an effect (none was within 2x), nor changes that need thousands of steps or are
+or GPTQ against clip search at int6. The long tier (--long: 3x the steps, 2x the context) turns
+recurrence's sign to the records' on every seed, still inside the noise (-0.0004 [-0.0012, +0.0004]),
+and halves parallel residuals' gain (-0.014, no longer resolved). Trust its sign on evaluation and
+on large model or data changes; never the size of an effect (none was within 2x), nor changes that need thousands of steps or are
 paid for in step time, nor how a step's batch is drawn: a proxy step of 8,192 tokens holds about 5
 documents where a record's holds hundreds, so the coprime loader gains -0.38 here."""
 

@@ -301,7 +301,7 @@ def test_help_says_what_a_verdict_is_worth(capsys):
     assert re.search(r"^Agreement with 8xH100 \(docs/proxy\.md, \"What a proxy verdict is worth\"\)", out, re.M)
     table = (REPO / "docs" / "proxy.md").read_text()
     pairs = (("-0.0093", "−0.00933"), ("-0.0096", "−0.00957"), ("-0.028", "−0.02838"), ("-0.47", "−0.47052"),
-             ("-0.38", "−0.37749"))
+             ("-0.38", "−0.37749"), ("-0.014", "−0.01379"), ("-0.0004 [-0.0012, +0.0004]", "−0.00037 [−0.00116, +0.00043]"))
     for here, there in pairs:
         assert here in out and there in table  # the help's figures are the known-outcomes table's
     assert "proxy.py quant" in out and "proxy.py subset" in out
@@ -511,3 +511,21 @@ def test_subset_refuses_what_it_cannot_score(tiny_data, tmp_path, capsys, clean_
     (run / "final_model.int6.ptz").unlink()
     assert refusal(capsys, subset + ["64"]) == (f"{run} holds no final_model.int6.ptz: a run directory holds settings.json, "
                                                 "final_model.pt, final_model.int6.ptz")
+
+
+def test_every_committed_proxy_run_has_its_log_and_docs_quote_its_figures():
+    """docs/proxy_runs holds each study's runs (settings and log, relative data paths) and every arm's
+    mean ± std final val_bpb over its 3 seeds, read from those logs, is the one docs/proxy.md gives."""
+    doc, runs = (REPO / "docs" / "proxy.md").read_text(), REPO / "docs" / "proxy_runs"
+    arms = sorted({seed.parent for seed in runs.glob("**/seed*")})
+    assert {"base", "parallel", "recur"} <= {arm.name for arm in arms if arm.parent.name == "long"}
+    for arm in arms:
+        seeds = sorted(arm.glob("seed*"))
+        assert len(seeds) == 3, arm
+        finals = []
+        for seed in seeds:
+            settings = json.loads((seed / "settings.json").read_text())
+            assert not Path(settings["DATA_PATH"]).is_absolute() and not Path(settings["TOKENIZER_PATH"]).is_absolute()
+            finals.append(summarize_logs.parse_log(seed / "logs" / "run.txt")["ttt_val_bpb"])
+        quoted = f"{statistics.mean(finals):.5f} ± {statistics.stdev(finals):.5f}"
+        assert quoted in doc, f"{arm.relative_to(runs)}: {quoted} is not in docs/proxy.md"
